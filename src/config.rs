@@ -1,0 +1,367 @@
+//! The server's settings: command line, optional TOML file with the same keys, defaults, and the
+//! parsers for sizes (`64MiB`), durations (`250ms`) and core lists (`4`, `0,2-3`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+/// A size in bytes, written `65536`, `64KiB`, `256MiB`, `1GiB` (or `64MB` for powers of ten).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if let Ok(n) = t.parse::<u64>() {
+            return Ok(Size(n));
+        }
+        t.parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|_| format!("`{s}` is not a size (examples: 65536, 64KiB, 256MiB, 1GiB)"))
+    }
+}
+
+/// A duration, written `30s`, `250ms`, `5m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|_| format!("`{s}` is not a duration (examples: 30s, 250ms, 5m)"))
+    }
+}
+
+/// Which CPUs to run on: a count (`4`: the first four usable CPUs) or a list (`0,2-3`).
+/// A single CPU is written as a range, `3-3`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreSpec {
+    Count(usize),
+    List(Vec<usize>),
+}
+
+impl FromStr for CoreSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("`{s}` is not a core count or list (examples: 4, 0,2-3, 3-3)");
+        if let Ok(n) = s.parse::<usize>() {
+            return if n == 0 {
+                Err("--cores must be at least 1".into())
+            } else {
+                Ok(CoreSpec::Count(n))
+            };
+        }
+        let mut cpus = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let a: usize = a.trim().parse().map_err(|_| bad())?;
+                    let b: usize = b.trim().parse().map_err(|_| bad())?;
+                    if a > b {
+                        return Err(bad());
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => cpus.push(part.parse().map_err(|_| bad())?),
+            }
+        }
+        if cpus.is_empty() {
+            return Err(bad());
+        }
+        let mut sorted = cpus.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != cpus.len() {
+            return Err(format!("`{s}` names a CPU twice"));
+        }
+        Ok(CoreSpec::List(cpus))
+    }
+}
+
+impl CoreSpec {
+    /// Resolves the spec against the CPUs this process may run on (its affinity mask, so
+    /// `taskset` works).
+    pub fn resolve(&self, usable: &[usize]) -> anyhow::Result<Vec<usize>> {
+        let show = usable
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        match self {
+            CoreSpec::Count(n) if *n > usable.len() => {
+                bail!(
+                    "--cores {n}: only {} CPUs are usable here ({show})",
+                    usable.len()
+                )
+            }
+            CoreSpec::Count(n) => Ok(usable[..*n].to_vec()),
+            CoreSpec::List(cpus) => {
+                for cpu in cpus {
+                    if !usable.contains(cpu) {
+                        bail!("CPU {cpu} does not exist or is outside this process's affinity mask (usable: {show})");
+                    }
+                }
+                Ok(cpus.clone())
+            }
+        }
+    }
+}
+
+/// The CPUs this process may run on.
+pub fn usable_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    cpus.sort_unstable();
+    cpus
+}
+
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw { Int(u64), Str(String) }
+                let text = match Raw::deserialize(d)? {
+                    Raw::Int(n) => n.to_string(),
+                    Raw::Str(s) => s,
+                };
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Size, Dur, CoreSpec);
+
+/// percore: a thread-per-core key-value and RPC server.
+///
+/// One io_uring executor is pinned to each chosen CPU. Every core listens on the same address
+/// (SO_REUSEPORT) and owns one shard of the keyspace; a request for a key another core owns is
+/// forwarded there. SIGINT or SIGTERM stops accepting, finishes what is in flight and prints
+/// the latency report.
+///
+/// Every option can also be set in the --config file under the same name (`max-inflight = 512`);
+/// the command line wins.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "percore", version, max_term_width = 100)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Options {
+    /// Address to listen on, IPv4 or IPv6 [default: 127.0.0.1:7070]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// CPUs to run on: a count (first N usable) or a list like 0,2-3 [default: all usable]
+    #[arg(long, value_name = "N|LIST")]
+    pub cores: Option<CoreSpec>,
+
+    /// Memory for stored items, split evenly across cores [default: 256MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<Size>,
+
+    /// Open connections allowed at once, across all cores; more are closed at accept
+    /// [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Largest frame (length prefix) accepted; larger closes the connection [default: 2MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_frame: Option<Size>,
+
+    /// Requests one connection may have in progress; past it the server stops reading that
+    /// socket [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_inflight: Option<usize>,
+
+    /// Close a connection that has done nothing for this long [default: 300s]
+    #[arg(long, value_name = "DUR")]
+    pub idle_timeout: Option<Dur>,
+
+    /// A frame that has started must complete within this (against slowloris) [default: 10s]
+    #[arg(long, value_name = "DUR")]
+    pub frame_timeout: Option<Dur>,
+
+    /// Core i also listens alone on port BASE+i, for shard-aware clients [default: off]
+    #[arg(long, value_name = "BASE")]
+    pub shard_ports: Option<u16>,
+
+    /// Compute requests queued per core; past it Compute answers Overloaded [default: 256]
+    #[arg(long, value_name = "N")]
+    pub compute_queue: Option<usize>,
+
+    /// On SIGINT/SIGTERM, how long to wait for in-flight requests [default: 5s]
+    #[arg(long, value_name = "DUR")]
+    pub drain_timeout: Option<Dur>,
+
+    /// Listen backlog of each core's socket [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
+
+    /// Read settings from this TOML file (same names as the options)
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+/// The server's effective settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cpus: Vec<usize>,
+    pub memory: u64,
+    pub max_connections: usize,
+    pub max_frame: usize,
+    pub max_inflight: usize,
+    pub idle_timeout: Duration,
+    pub frame_timeout: Duration,
+    pub shard_ports: Option<u16>,
+    pub compute_queue: usize,
+    pub drain_timeout: Duration,
+    pub backlog: u32,
+}
+
+impl Options {
+    /// Fills what the command line left out from the config file, then from the defaults, and
+    /// checks the result.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<Options>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => Options::default(),
+        };
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                self.$field.or(file.$field).unwrap_or($default)
+            };
+        }
+        let cores = self.cores.or(file.cores);
+        let usable = usable_cpus();
+        if usable.is_empty() {
+            bail!("cannot read this process's CPU affinity mask");
+        }
+        let cpus = match cores {
+            Some(spec) => spec.resolve(&usable)?,
+            None => usable,
+        };
+        let config = Config {
+            listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7070))),
+            cpus,
+            memory: pick!(memory, Size(256 << 20)).0,
+            max_connections: pick!(max_connections, 10_000),
+            max_frame: pick!(max_frame, Size(crate::protocol::DEFAULT_MAX_FRAME as u64)).0 as usize,
+            max_inflight: pick!(max_inflight, 1024),
+            idle_timeout: pick!(idle_timeout, Dur(Duration::from_secs(300))).0,
+            frame_timeout: pick!(frame_timeout, Dur(Duration::from_secs(10))).0,
+            shard_ports: self.shard_ports.or(file.shard_ports),
+            compute_queue: pick!(compute_queue, 256),
+            drain_timeout: pick!(drain_timeout, Dur(Duration::from_secs(5))).0,
+            backlog: pick!(backlog, 1024),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    fn validate(&self) -> anyhow::Result<()> {
+        use crate::protocol::{MAX_KEY_LEN, MAX_VALUE_LEN};
+        // The largest valid request (a Set of a 250-byte key and a 1 MiB value) must fit.
+        let min_frame = MAX_VALUE_LEN + MAX_KEY_LEN + 1024;
+        if self.max_frame < min_frame || self.max_frame > u32::MAX as usize {
+            bail!("--max-frame must be between {min_frame} bytes (a maximal Set) and 4GiB");
+        }
+        if self.max_inflight == 0 {
+            bail!("--max-inflight must be at least 1");
+        }
+        if self.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if self.compute_queue == 0 {
+            bail!("--compute-queue must be at least 1");
+        }
+        if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
+            bail!("--idle-timeout and --frame-timeout must be above zero");
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
+            bail!("--backlog must be between 1 and {}", i32::MAX);
+        }
+        let shards = self.cpus.len() as u64;
+        if self.memory / shards < 1 << 20 {
+            bail!(
+                "--memory must give every core at least 1MiB ({} cores)",
+                shards
+            );
+        }
+        if let Some(base) = self.shard_ports {
+            let last = u32::from(base) + self.cpus.len() as u32 - 1;
+            if base == 0 || last > u32::from(u16::MAX) {
+                bail!("--shard-ports {base}: ports {base}..={last} are not all valid TCP ports");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// The memory budget of each core's store.
+    pub fn memory_per_shard(&self) -> usize {
+        (self.memory / self.cpus.len() as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_and_core_lists_parse() {
+        assert_eq!("64MiB".parse::<Size>(), Ok(Size(64 << 20)));
+        assert_eq!("4096".parse::<Size>(), Ok(Size(4096)));
+        assert!("lots".parse::<Size>().is_err());
+        assert_eq!("250ms".parse::<Dur>(), Ok(Dur(Duration::from_millis(250))));
+        assert!("soon".parse::<Dur>().is_err());
+        assert_eq!("4".parse::<CoreSpec>(), Ok(CoreSpec::Count(4)));
+        assert_eq!(
+            "0,2-3".parse::<CoreSpec>(),
+            Ok(CoreSpec::List(vec![0, 2, 3]))
+        );
+        assert!("0".parse::<CoreSpec>().is_err());
+        assert!("1,1".parse::<CoreSpec>().is_err());
+        assert!("3-1".parse::<CoreSpec>().is_err());
+    }
+
+    #[test]
+    fn core_specs_resolve_against_the_usable_cpus() {
+        let usable = [0, 1, 2];
+        assert_eq!(CoreSpec::Count(2).resolve(&usable).unwrap(), vec![0, 1]);
+        assert!(CoreSpec::Count(4).resolve(&usable).is_err());
+        assert_eq!(CoreSpec::List(vec![2]).resolve(&usable).unwrap(), vec![2]);
+        assert!(CoreSpec::List(vec![7]).resolve(&usable).is_err());
+    }
+
+    #[test]
+    fn config_file_fills_gaps_and_command_line_wins() {
+        let file: Options =
+            toml::from_str("max-inflight = 7\nmemory = \"64MiB\"\nidle-timeout = \"2s\"").unwrap();
+        assert_eq!(file.max_inflight, Some(7));
+        assert_eq!(file.memory, Some(Size(64 << 20)));
+        assert!(toml::from_str::<Options>("no-such-key = 1").is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! percore: a thread-per-core io_uring key-value and RPC server, its client, and the protocol
+//! both speak.
+//!
+//! One glommio executor runs pinned on each chosen CPU and owns a shard of the keyspace; cores
+//! share nothing and talk only through bounded request/reply channels. Where things live:
+//!
+//! - [`protocol`]: the wire format (length-prefixed FlatBuffers), frame splitting, request and
+//!   response codecs, key-to-shard hashing. Shared by everything below.
+//! - [`runtime`]: the only module that touches glommio: pinned executors, socket2 listeners,
+//!   connections, and the cross-core mesh.
+//! - [`server`]: bootstrap, then per core: accept, [`server::connection`] (read, route, write),
+//!   [`server::router`], forwarding to the owner core, the compute queue, shutdown.
+//! - [`ops`]: what each operation does; [`store`]: one core's shard of the cache.
+//! - [`metrics`]: per-core counters and latency histograms, and the exit report.
+//! - [`client`]: an async client with pipelining, used by the tests and `percore-load`.
+//! - [`config`]: command line and config file; [`error`]: request errors and their statuses.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod ops;
+pub mod protocol;
+pub mod runtime;
+pub mod server;
+pub mod store;

@@ -1,0 +1,66 @@
+//! The `percore` server binary: parse the settings, start a pinned executor per core, wait for
+//! SIGINT or SIGTERM, drain, print the exit report.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use percore::config::Options;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PERCORE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Options::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("percore: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(options: Options) -> anyhow::Result<()> {
+    let config = options.into_config()?;
+    let server = percore::server::start(config.clone())?;
+
+    // The first SIGINT/SIGTERM drains; a second one while draining exits at once.
+    let flag = server.shutdown_flag();
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())?;
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+
+    let cpus = server
+        .cpus
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    println!(
+        "percore listening on {} with {} cores (cpus {cpus}){}",
+        server.addr,
+        server.cpus.len(),
+        match server.shard_ports.first() {
+            Some(base) => format!(
+                ", shard ports {base}..={}",
+                base + server.cpus.len() as u16 - 1
+            ),
+            None => String::new(),
+        }
+    );
+    tracing::info!(
+        memory = config.memory,
+        max_connections = config.max_connections,
+        max_inflight = config.max_inflight,
+        "serving; SIGINT or SIGTERM drains and prints the report"
+    );
+
+    let report = server.wait()?;
+    print!("{report}");
+    Ok(())
+}

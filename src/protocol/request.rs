@@ -1,0 +1,408 @@
+//! `Request`: the typed, borrowed view the server executes ([`Request::decode`]) and the encoder
+//! clients use ([`RequestEncoder`]). Decoding verifies the FlatBuffer with tight limits and then
+//! applies the protocol's rules, so an [`Op`] that comes out is always valid to execute.
+
+use bytes::BytesMut;
+use flatbuffers::FlatBufferBuilder;
+
+use super::REQUEST_IDENTIFIER;
+use super::{
+    fb, has_identifier, verifier_options, Algo, MAX_COMPUTE_ROUNDS, MAX_KEY_LEN, MAX_VALUE_LEN,
+};
+use crate::error::RequestError;
+
+/// One operation, borrowing its bytes from the frame it was decoded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op<'a> {
+    Hello {
+        client: &'a str,
+    },
+    Ping {
+        payload: &'a [u8],
+    },
+    Get {
+        key: &'a [u8],
+    },
+    Set {
+        key: &'a [u8],
+        value: &'a [u8],
+        ttl_ms: u32,
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Compute {
+        algo: Algo,
+        input: &'a [u8],
+        rounds: u32,
+    },
+    Stats,
+}
+
+/// The kind of an operation: indexes per-operation counters and histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Hello,
+    Ping,
+    Get,
+    Set,
+    Delete,
+    Compute,
+    Stats,
+}
+
+impl OpKind {
+    pub const COUNT: usize = 7;
+    pub const ALL: [OpKind; OpKind::COUNT] = [
+        OpKind::Hello,
+        OpKind::Ping,
+        OpKind::Get,
+        OpKind::Set,
+        OpKind::Delete,
+        OpKind::Compute,
+        OpKind::Stats,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Hello => "hello",
+            OpKind::Ping => "ping",
+            OpKind::Get => "get",
+            OpKind::Set => "set",
+            OpKind::Delete => "delete",
+            OpKind::Compute => "compute",
+            OpKind::Stats => "stats",
+        }
+    }
+}
+
+impl<'a> Op<'a> {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Hello { .. } => OpKind::Hello,
+            Op::Ping { .. } => OpKind::Ping,
+            Op::Get { .. } => OpKind::Get,
+            Op::Set { .. } => OpKind::Set,
+            Op::Delete { .. } => OpKind::Delete,
+            Op::Compute { .. } => OpKind::Compute,
+            Op::Stats => OpKind::Stats,
+        }
+    }
+
+    /// The key this operation addresses, if it is a key-value operation.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        match self {
+            Op::Get { key } | Op::Set { key, .. } | Op::Delete { key } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded request: the client's id and the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub id: u64,
+    pub op: Op<'a>,
+}
+
+/// A request that could not be decoded, with the id to answer it under: the request's own id
+/// when the FlatBuffer verified, 0 when it did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub id: u64,
+    pub error: RequestError,
+}
+
+impl<'a> Request<'a> {
+    /// Verifies `frame` (one whole frame, length prefix included) as a `Request` and checks
+    /// the protocol's rules. Allocates nothing.
+    pub fn decode(frame: &'a [u8]) -> Result<Request<'a>, Rejected> {
+        let malformed = |what| Rejected {
+            id: 0,
+            error: RequestError::Malformed(what),
+        };
+        if !has_identifier(frame, REQUEST_IDENTIFIER) {
+            return Err(malformed("file identifier is not PCRQ"));
+        }
+        let options = verifier_options(frame.len());
+        let request = flatbuffers::size_prefixed_root_with_opts::<fb::Request>(&options, frame)
+            .map_err(|_| malformed("verification failed"))?;
+        let id = request.id();
+        let op = decode_op(&request).map_err(|error| Rejected { id, error })?;
+        Ok(Request { id, op })
+    }
+}
+
+fn decode_op<'a>(request: &fb::Request<'a>) -> Result<Op<'a>, RequestError> {
+    use RequestError::MissingField;
+    let op_type = request.op_type();
+    let op = match op_type {
+        fb::Op::Hello => {
+            let hello = request.op_as_hello().ok_or(MissingField("op"))?;
+            Op::Hello {
+                client: hello.client().unwrap_or(""),
+            }
+        }
+        fb::Op::Ping => {
+            let ping = request.op_as_ping().ok_or(MissingField("op"))?;
+            Op::Ping {
+                payload: ping.payload().map(|p| p.bytes()).unwrap_or(&[]),
+            }
+        }
+        fb::Op::Get => {
+            let get = request.op_as_get().ok_or(MissingField("op"))?;
+            Op::Get {
+                key: checked_key(get.key().map(|k| k.bytes()))?,
+            }
+        }
+        fb::Op::Set => {
+            let set = request.op_as_set().ok_or(MissingField("op"))?;
+            let key = checked_key(set.key().map(|k| k.bytes()))?;
+            let value = set.value().ok_or(MissingField("value"))?.bytes();
+            if value.len() > MAX_VALUE_LEN {
+                return Err(RequestError::ValueTooLarge(value.len()));
+            }
+            Op::Set {
+                key,
+                value,
+                ttl_ms: set.ttl_ms(),
+            }
+        }
+        fb::Op::Delete => {
+            let delete = request.op_as_delete().ok_or(MissingField("op"))?;
+            Op::Delete {
+                key: checked_key(delete.key().map(|k| k.bytes()))?,
+            }
+        }
+        fb::Op::Compute => {
+            let compute = request.op_as_compute().ok_or(MissingField("op"))?;
+            let algo = compute.algo();
+            if algo.variant_name().is_none() {
+                return Err(RequestError::UnknownAlgo(algo.0));
+            }
+            let input = compute.input().ok_or(MissingField("input"))?.bytes();
+            if input.len() > MAX_VALUE_LEN {
+                return Err(RequestError::ValueTooLarge(input.len()));
+            }
+            let rounds = compute.rounds();
+            if rounds == 0 {
+                return Err(RequestError::ZeroRounds);
+            }
+            if rounds > MAX_COMPUTE_ROUNDS {
+                return Err(RequestError::TooManyRounds(rounds));
+            }
+            Op::Compute {
+                algo,
+                input,
+                rounds,
+            }
+        }
+        fb::Op::Stats => {
+            request.op_as_stats().ok_or(MissingField("op"))?;
+            Op::Stats
+        }
+        other => return Err(RequestError::UnknownOp(other.0)),
+    };
+    Ok(op)
+}
+
+fn checked_key(key: Option<&[u8]>) -> Result<&[u8], RequestError> {
+    let key = key.ok_or(RequestError::MissingField("key"))?;
+    match key.len() {
+        0 => Err(RequestError::EmptyKey),
+        n if n > MAX_KEY_LEN => Err(RequestError::KeyTooLarge(n)),
+        _ => Ok(key),
+    }
+}
+
+/// Encodes requests into size-prefixed frames with one reused builder (no allocation once warm).
+pub struct RequestEncoder {
+    fbb: FlatBufferBuilder<'static>,
+}
+
+impl Default for RequestEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestEncoder {
+    pub fn new() -> Self {
+        RequestEncoder {
+            fbb: FlatBufferBuilder::with_capacity(1024),
+        }
+    }
+
+    /// Appends the frame for request `id` doing `op` to `out`.
+    ///
+    /// This encodes exactly what it is given, limits included, so tests can send requests the
+    /// server must refuse.
+    pub fn encode(&mut self, id: u64, op: &Op<'_>, out: &mut BytesMut) {
+        let fbb = &mut self.fbb;
+        fbb.reset();
+        let (op_type, op_offset) = match *op {
+            Op::Hello { client } => {
+                let client = fbb.create_string(client);
+                let t = fb::Hello::create(
+                    fbb,
+                    &fb::HelloArgs {
+                        client: Some(client),
+                    },
+                );
+                (fb::Op::Hello, t.as_union_value())
+            }
+            Op::Ping { payload } => {
+                let payload = fbb.create_vector(payload);
+                let t = fb::Ping::create(
+                    fbb,
+                    &fb::PingArgs {
+                        payload: Some(payload),
+                    },
+                );
+                (fb::Op::Ping, t.as_union_value())
+            }
+            Op::Get { key } => {
+                let key = fbb.create_vector(key);
+                let t = fb::Get::create(fbb, &fb::GetArgs { key: Some(key) });
+                (fb::Op::Get, t.as_union_value())
+            }
+            Op::Set { key, value, ttl_ms } => {
+                let key = fbb.create_vector(key);
+                let value = fbb.create_vector(value);
+                let args = fb::SetArgs {
+                    key: Some(key),
+                    value: Some(value),
+                    ttl_ms,
+                };
+                (fb::Op::Set, fb::Set::create(fbb, &args).as_union_value())
+            }
+            Op::Delete { key } => {
+                let key = fbb.create_vector(key);
+                let t = fb::Delete::create(fbb, &fb::DeleteArgs { key: Some(key) });
+                (fb::Op::Delete, t.as_union_value())
+            }
+            Op::Compute {
+                algo,
+                input,
+                rounds,
+            } => {
+                let input = fbb.create_vector(input);
+                let args = fb::ComputeArgs {
+                    algo,
+                    input: Some(input),
+                    rounds,
+                };
+                (
+                    fb::Op::Compute,
+                    fb::Compute::create(fbb, &args).as_union_value(),
+                )
+            }
+            Op::Stats => {
+                let t = fb::Stats::create(fbb, &fb::StatsArgs {});
+                (fb::Op::Stats, t.as_union_value())
+            }
+        };
+        let root = fb::Request::create(
+            fbb,
+            &fb::RequestArgs {
+                id,
+                op_type,
+                op: Some(op_offset),
+            },
+        );
+        fb::finish_size_prefixed_request_buffer(fbb, root);
+        out.extend_from_slice(fbb.finished_data());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{peek, Peek};
+
+    fn round_trip(op: Op<'_>) -> Result<(u64, OpKind), Rejected> {
+        let mut out = BytesMut::new();
+        RequestEncoder::new().encode(42, &op, &mut out);
+        let Ok(Peek::Complete { len }) = peek(&out, usize::MAX) else {
+            panic!("encoder wrote no whole frame");
+        };
+        assert_eq!(out.len(), len);
+        let req = Request::decode(&out)?;
+        assert_eq!(req.op, op);
+        Ok((req.id, req.op.kind()))
+    }
+
+    #[test]
+    fn every_valid_op_round_trips() {
+        let ops = [
+            Op::Hello { client: "t" },
+            Op::Ping { payload: b"abc" },
+            Op::Get { key: b"k" },
+            Op::Set {
+                key: b"k",
+                value: b"v",
+                ttl_ms: 5,
+            },
+            Op::Delete { key: b"k" },
+            Op::Compute {
+                algo: Algo::Sha256,
+                input: b"x",
+                rounds: 2,
+            },
+            Op::Stats,
+        ];
+        for op in ops {
+            assert_eq!(round_trip(op), Ok((42, op.kind())));
+        }
+    }
+
+    #[test]
+    fn rule_violations_keep_the_request_id() {
+        let cases = [
+            (Op::Get { key: b"" }, RequestError::EmptyKey),
+            (
+                Op::Get { key: &[b'k'; 251] },
+                RequestError::KeyTooLarge(251),
+            ),
+            (
+                Op::Compute {
+                    algo: Algo::Crc32c,
+                    input: b"x",
+                    rounds: 0,
+                },
+                RequestError::ZeroRounds,
+            ),
+            (
+                Op::Compute {
+                    algo: Algo(9),
+                    input: b"x",
+                    rounds: 1,
+                },
+                RequestError::UnknownAlgo(9),
+            ),
+        ];
+        for (op, error) in cases {
+            assert_eq!(round_trip(op), Err(Rejected { id: 42, error }));
+        }
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_id_zero() {
+        let err = Request::decode(b"\x0c\0\0\0\x08\0\0\0PCRQ\xff\xff\xff\xff").unwrap_err();
+        assert_eq!(err.id, 0);
+        assert!(matches!(err.error, RequestError::Malformed(_)));
+        for short in [
+            &b""[..],
+            b"\x01\0\0\0x",
+            b"\x04\0\0\0PCRQ",
+            b"\x05\0\0\0\0PCRQ",
+        ] {
+            let err = Request::decode(short).unwrap_err();
+            assert_eq!(err.id, 0);
+        }
+    }
+}

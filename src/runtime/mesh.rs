@@ -1,0 +1,229 @@
+//! Cross-core messaging: a full mesh of bounded request/reply channels between executors.
+//!
+//! Every ordered pair of cores (a, b) has a request channel a→b and a reply channel b→a, both of
+//! capacity C, and core a holds C *permits* for b. A request is sent only with a permit, and the
+//! permit comes back only when its reply has been received. So at most C requests of a are
+//! outstanding at b, which means b's reply channel to a always has room: no send on the mesh
+//! ever waits, and no core can end up waiting on a full channel whose reader is itself waiting
+//! (glommio's mesh hangs exactly that way when small channels fill under load). A task that
+//! needs a permit waits for one; only that task stalls, and the reply that frees the permit is
+//! received by a different task.
+
+use std::rc::Rc;
+
+use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use glommio::sync::Semaphore;
+
+/// One core's unconnected ends of the mesh; `Send`, so it can be moved into its executor.
+pub struct MeshEnds<Req: Send + 'static, Rep: Send + 'static> {
+    core: usize,
+    capacity: usize,
+    links: Vec<Option<LinkEnds<Req, Rep>>>,
+}
+
+struct LinkEnds<Req: Send + 'static, Rep: Send + 'static> {
+    requests_out: SharedSender<Req>,
+    requests_in: SharedReceiver<Req>,
+    replies_out: SharedSender<Rep>,
+    replies_in: SharedReceiver<Rep>,
+}
+
+/// Builds the mesh for `cores` executors with `capacity` slots per channel. Element i goes to
+/// executor i.
+pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
+    cores: usize,
+    capacity: usize,
+) -> Vec<MeshEnds<Req, Rep>> {
+    type Slot<T> = Option<T>;
+    // requests[a][b]: the channel a→b; replies[a][b]: the channel b→a answering a's requests.
+    let mut req_tx: Vec<Vec<Slot<SharedSender<Req>>>> = Vec::new();
+    let mut req_rx: Vec<Vec<Slot<SharedReceiver<Req>>>> = Vec::new();
+    let mut rep_tx: Vec<Vec<Slot<SharedSender<Rep>>>> = Vec::new();
+    let mut rep_rx: Vec<Vec<Slot<SharedReceiver<Rep>>>> = Vec::new();
+    for _ in 0..cores {
+        req_tx.push((0..cores).map(|_| None).collect());
+        req_rx.push((0..cores).map(|_| None).collect());
+        rep_tx.push((0..cores).map(|_| None).collect());
+        rep_rx.push((0..cores).map(|_| None).collect());
+    }
+    for a in 0..cores {
+        for b in 0..cores {
+            if a == b {
+                continue;
+            }
+            let (tx, rx) = shared_channel::new_bounded(capacity);
+            req_tx[a][b] = Some(tx); // a sends requests to b
+            req_rx[b][a] = Some(rx); // b receives requests from a
+            let (tx, rx) = shared_channel::new_bounded(capacity);
+            rep_tx[b][a] = Some(tx); // b replies to a
+            rep_rx[a][b] = Some(rx); // a receives b's replies
+        }
+    }
+    (0..cores)
+        .map(|core| MeshEnds {
+            core,
+            capacity,
+            links: (0..cores)
+                .map(|peer| {
+                    Some(LinkEnds {
+                        requests_out: req_tx[core][peer].take()?,
+                        requests_in: req_rx[core][peer].take()?,
+                        replies_out: rep_tx[core][peer].take()?,
+                        replies_in: rep_rx[core][peer].take()?,
+                    })
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+impl<Req: Send + 'static, Rep: Send + 'static> MeshEnds<Req, Rep> {
+    /// Connects every channel of this core. All cores must call it: each connection completes
+    /// when both of its ends are connected, so they are connected concurrently.
+    pub async fn connect(self) -> Mesh<Req, Rep> {
+        let capacity = self.capacity as u64;
+        // One task per link, so no link waits behind another one's peer.
+        let tasks: Vec<_> = self
+            .links
+            .into_iter()
+            .map(|ends| {
+                ends.map(|e| {
+                    glommio::spawn_local(async move {
+                        let (requests_out, requests_in) = futures_lite::future::zip(
+                            e.requests_out.connect(),
+                            e.requests_in.connect(),
+                        )
+                        .await;
+                        let (replies_out, replies_in) = futures_lite::future::zip(
+                            e.replies_out.connect(),
+                            e.replies_in.connect(),
+                        )
+                        .await;
+                        Rc::new(Link {
+                            requests_out,
+                            requests_in,
+                            replies_out,
+                            replies_in,
+                            permits: Semaphore::new(capacity),
+                        })
+                    })
+                })
+            })
+            .collect();
+        let mut links = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            links.push(match task {
+                Some(task) => Some(task.await),
+                None => None,
+            });
+        }
+        Mesh {
+            core: self.core,
+            links,
+        }
+    }
+}
+
+/// This core's connected view of the mesh.
+pub struct Mesh<Req: Send + 'static, Rep: Send + 'static> {
+    core: usize,
+    links: Vec<Option<Rc<Link<Req, Rep>>>>,
+}
+
+/// The channels between this core and one peer.
+pub struct Link<Req: Send + 'static, Rep: Send + 'static> {
+    requests_out: ConnectedSender<Req>,
+    requests_in: ConnectedReceiver<Req>,
+    replies_out: ConnectedSender<Rep>,
+    replies_in: ConnectedReceiver<Rep>,
+    permits: Semaphore,
+}
+
+/// Why a message could not be sent: the peer has shut down, or (never, by construction) the
+/// channel was full. The message comes back.
+#[derive(Debug)]
+pub struct SendError<T>(pub T);
+
+impl<Req: Send + 'static, Rep: Send + 'static> Mesh<Req, Rep> {
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// The link to `peer`, or `None` for this core itself.
+    pub fn link(&self, peer: usize) -> Option<&Rc<Link<Req, Rep>>> {
+        self.links.get(peer)?.as_ref()
+    }
+
+    /// Every link, with its peer's index.
+    pub fn links(&self) -> impl Iterator<Item = (usize, &Rc<Link<Req, Rep>>)> {
+        self.links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (i, l)))
+    }
+}
+
+impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
+    /// Takes a permit without waiting; false when all are in use.
+    pub fn try_reserve(&self) -> bool {
+        matches!(self.permits.try_acquire(1), Ok(true))
+    }
+
+    /// Waits until a permit is free and takes it.
+    pub async fn reserve(&self) {
+        // The semaphore is closed only when the link is dropped.
+        let _ = self.permits.acquire(1).await;
+    }
+
+    /// Gives back a permit that was reserved and not used.
+    pub fn release(&self) {
+        self.permits.signal(1);
+    }
+
+    /// Sends a request to the peer; the caller holds a permit from [`Self::reserve`].
+    pub fn send_request(&self, request: Req) -> Result<(), SendError<Req>> {
+        self.requests_out.try_send(request).map_err(|e| {
+            self.permits.signal(1);
+            SendError(into_inner(e))
+        })
+    }
+
+    /// The next request from the peer; `None` once the peer has closed its side.
+    pub async fn recv_request(&self) -> Option<Req> {
+        self.requests_in.recv().await
+    }
+
+    /// Answers a request received from the peer. Never waits: see the module comment.
+    pub fn send_reply(&self, reply: Rep) -> Result<(), SendError<Rep>> {
+        self.replies_out
+            .try_send(reply)
+            .map_err(|e| SendError(into_inner(e)))
+    }
+
+    /// The next reply from the peer, returning its permit; `None` once the peer has closed.
+    pub async fn recv_reply(&self) -> Option<Rep> {
+        let reply = self.replies_in.recv().await?;
+        self.permits.signal(1);
+        Some(reply)
+    }
+
+    /// Stops sending requests to the peer; its [`Self::recv_request`] then ends.
+    pub fn close_requests(&self) {
+        self.requests_out.close();
+    }
+
+    /// Stops sending replies to the peer; its [`Self::recv_reply`] then ends.
+    pub fn close_replies(&self) {
+        self.replies_out.close();
+    }
+}
+
+fn into_inner<T>(err: glommio::GlommioError<T>) -> T {
+    match err {
+        glommio::GlommioError::Closed(glommio::ResourceType::Channel(v))
+        | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(v)) => v,
+        // try_send only fails with the two errors above, which carry the value back.
+        other => unreachable!("unexpected channel error: {other}"),
+    }
+}

@@ -1,0 +1,165 @@
+//! The runtime boundary: the only module that touches glommio.
+//!
+//! glommio is lightly maintained, so everything that depends on its executor, sockets and
+//! channels lives here behind a few small types: [`Executor`] (one pinned thread per core),
+//! [`net`] (listeners made with socket2 and the connection type), [`mesh`] (bounded cross-core
+//! request/reply channels that cannot deadlock), and a handful of task helpers. The rest of the
+//! crate is plain async Rust and `Rc`/`RefCell` state owned by one core.
+
+pub mod mesh;
+pub mod net;
+
+use std::future::Future;
+use std::time::Duration;
+
+use glommio::{
+    BuilderErrorKind, GlommioError, Latency, LocalExecutorBuilder, Placement, ReactorErrorKind,
+    Shares,
+};
+
+/// Why an executor could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "the memlock limit ({have} bytes) is below the {need} bytes io_uring needs: raise it \
+         with `ulimit -l {need_kib}` (or LimitMEMLOCK= in a systemd unit)",
+        need_kib = need / 1024
+    )]
+    MemlockTooLow { have: u64, need: u64 },
+    #[error(
+        "could not start an io_uring executor on CPU {cpu}: {source}. percore needs Linux 5.8 or \
+         later with io_uring enabled (sysctl kernel.io_uring_disabled=0; containers may block \
+         io_uring in their seccomp profile) and a memlock limit of at least 512 KiB (ulimit -l)"
+    )]
+    Start { cpu: usize, source: std::io::Error },
+    #[error("the executor on CPU {cpu} panicked")]
+    Panicked { cpu: usize },
+}
+
+fn runtime_error<T>(cpu: usize, err: GlommioError<T>) -> RuntimeError {
+    match err {
+        GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(have, need)) => {
+            RuntimeError::MemlockTooLow { have, need }
+        }
+        other => RuntimeError::Start {
+            cpu,
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// A thread running one glommio executor pinned to one CPU.
+pub struct Executor<T: Send + 'static> {
+    cpu: usize,
+    handle: glommio::ExecutorJoinHandle<T>,
+}
+
+/// Memory glommio registers with io_uring per executor. percore does no file I/O, so the
+/// default 10 MiB of registered buffers would only count against RLIMIT_MEMLOCK and RSS.
+const IO_MEMORY: usize = 512 << 10;
+
+/// How long a task queue may run before the executor checks for I/O and other queues. glommio's
+/// default is 100 ms; CPU-bound `Compute` work yields at this granularity, so it bounds how
+/// long a ping waits behind it.
+const PREEMPT_TIMER: Duration = Duration::from_millis(1);
+
+impl<T: Send + 'static> Executor<T> {
+    /// Starts an executor pinned to `cpu` that runs the future `make()` returns.
+    pub fn start<F, Fut>(cpu: usize, name: &str, make: F) -> Result<Executor<T>, RuntimeError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(name)
+            .io_memory(IO_MEMORY)
+            .preempt_timer(PREEMPT_TIMER)
+            .spawn(make)
+            .map_err(|e| runtime_error(cpu, e))?;
+        Ok(Executor { cpu, handle })
+    }
+
+    /// Waits for the executor's future to finish and returns its output.
+    pub fn join(self) -> Result<T, RuntimeError> {
+        let cpu = self.cpu;
+        match self.handle.join() {
+            Ok(value) => Ok(value),
+            Err(GlommioError::BuilderError(BuilderErrorKind::ThreadPanic(_))) => {
+                Err(RuntimeError::Panicked { cpu })
+            }
+            Err(e) => Err(runtime_error(cpu, e)),
+        }
+    }
+}
+
+/// Runs `fut` to completion on an unpinned executor on the calling thread (tests, tools).
+///
+/// Panics if no io_uring executor can be made here: it is for tests and tools, which cannot do
+/// anything useful without one.
+pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(IO_MEMORY)
+        .make()
+        .unwrap_or_else(|e| panic!("cannot start an io_uring executor: {e}"))
+        .run(fut)
+}
+
+/// Runs a task on the current core in the background, until it finishes.
+pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) {
+    glommio::spawn_local(fut).detach();
+}
+
+/// A handle to a running background task; dropping it does not cancel the task.
+pub struct JoinHandle<T>(glommio::Task<T>);
+
+impl<T: 'static> JoinHandle<T> {
+    pub async fn join(self) -> T {
+        self.0.await
+    }
+}
+
+/// Runs a task on the current core and returns a handle to wait for its output.
+pub fn spawn_joinable<T: 'static>(fut: impl Future<Output = T> + 'static) -> JoinHandle<T> {
+    JoinHandle(glommio::spawn_local(fut))
+}
+
+/// A low-priority task queue for CPU-bound work, so it cannot starve network tasks.
+#[derive(Clone, Copy)]
+pub struct BackgroundQueue(glommio::TaskQueueHandle);
+
+impl BackgroundQueue {
+    /// Network tasks run in the default queue with 1000 shares; this one gets `shares`.
+    pub fn new(name: &str, shares: usize) -> Self {
+        BackgroundQueue(glommio::executor().create_task_queue(
+            Shares::Static(shares),
+            Latency::NotImportant,
+            name,
+        ))
+    }
+
+    /// Runs a task in this queue in the background.
+    pub fn spawn<T: 'static>(&self, fut: impl Future<Output = T> + 'static) {
+        match glommio::spawn_local_into(fut, self.0) {
+            Ok(task) => {
+                task.detach();
+            }
+            // The queue was created on this executor and is never removed.
+            Err(e) => tracing::error!("cannot spawn into the background queue: {e}"),
+        }
+    }
+}
+
+/// Sleeps for `duration` on the current executor.
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await
+}
+
+/// Yields to other tasks if the scheduler wants this one to give up the core.
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await
+}
+
+/// Unconditionally lets other ready tasks run before this one continues.
+pub async fn yield_now() {
+    glommio::executor().yield_now().await
+}

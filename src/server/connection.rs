@@ -1,0 +1,350 @@
+//! One connection's task: read, split frames, route each request, write the replies.
+//!
+//! The loop reads whatever the socket has into a buffer, answers every whole frame in it (the
+//! frames are read in place, never copied), and writes all replies of that batch with one
+//! write. Requests that run elsewhere (on the core that owns the key, or in the compute queue)
+//! come back as [`Completion`]s and join the next batch. The connection stops reading, and so
+//! lets TCP push back on the client, while `--max-inflight` requests are in progress or its
+//! output is over [`OUTPUT_SOFT_CAP`]; nothing queues without bound.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+
+use super::notify::Notify;
+use super::router::{self, Routed};
+use super::shard::Shard;
+use crate::protocol::frame::{self, Peek};
+use crate::protocol::OpKind;
+use crate::runtime::net::Conn;
+
+/// Bytes asked of each read at least (the buffer grows to hold a large frame whole).
+const READ_CHUNK: usize = 16 << 10;
+/// Stop answering further frames of a batch once this much output is waiting to be written.
+pub const OUTPUT_SOFT_CAP: usize = 256 << 10;
+/// Buffers that grew past this for a large frame or reply are released once empty.
+const SHRINK_ABOVE: usize = 256 << 10;
+/// After a fatal framing error, how long the server keeps discarding input before closing, so
+/// its last reply is not destroyed by a reset (a close with unread input sends RST).
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// A reply produced away from the connection's task.
+pub struct Completion {
+    /// One whole encoded response frame, in a pooled buffer.
+    pub frame: BytesMut,
+    pub kind: OpKind,
+    pub started: Instant,
+}
+
+/// Why something outside the connection's task told it to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    IdleTimeout,
+    FrameTimeout,
+    DrainTimeout,
+}
+
+/// The part of a connection that other tasks on the core reach: its completion queue, its
+/// timestamps for the timeout sweep, and the means to wake or close it.
+pub struct ConnShared {
+    wake: Notify,
+    completions: RefCell<VecDeque<Completion>>,
+    last_active: Cell<Instant>,
+    /// When the partial frame now in the buffer started arriving.
+    frame_started: Cell<Option<Instant>>,
+    close: Cell<Option<CloseReason>>,
+}
+
+impl ConnShared {
+    pub fn new(now: Instant) -> ConnShared {
+        ConnShared {
+            wake: Notify::default(),
+            completions: RefCell::new(VecDeque::new()),
+            last_active: Cell::new(now),
+            frame_started: Cell::new(None),
+            close: Cell::new(None),
+        }
+    }
+
+    /// Hands a finished reply to the connection.
+    pub fn complete(&self, completion: Completion) {
+        self.completions.borrow_mut().push_back(completion);
+        self.wake.notify();
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify();
+    }
+
+    pub fn close(&self, reason: CloseReason) {
+        self.close.set(Some(reason));
+        self.wake.notify();
+    }
+
+    /// The timeout this connection has run over at `now`, if any.
+    pub fn overdue(&self, now: Instant, idle: Duration, frame: Duration) -> Option<CloseReason> {
+        if let Some(started) = self.frame_started.get() {
+            if now.saturating_duration_since(started) > frame {
+                return Some(CloseReason::FrameTimeout);
+            }
+        }
+        (now.saturating_duration_since(self.last_active.get()) > idle)
+            .then_some(CloseReason::IdleTimeout)
+    }
+}
+
+/// The connection's own state, kept by its task.
+struct Session<'a> {
+    shard: &'a Rc<Shard>,
+    shared: &'a Rc<ConnShared>,
+    conn: Conn,
+    input: BytesMut,
+    output: BytesMut,
+    /// Replies encoded into `output` and not yet written.
+    replies_buffered: u64,
+    /// Requests routed elsewhere whose completion has not yet come back.
+    inflight: usize,
+    peer_closed: bool,
+    /// The framing broke: the error reply is in `output`; close once it is written.
+    framing_broken: bool,
+}
+
+/// Serves one connection until the client leaves, an error, a timeout or the drain ends it.
+pub async fn serve(shard: &Rc<Shard>, conn: Conn, shared: &Rc<ConnShared>) {
+    let mut s = Session {
+        shard,
+        shared,
+        conn,
+        input: BytesMut::with_capacity(READ_CHUNK),
+        output: BytesMut::with_capacity(READ_CHUNK),
+        replies_buffered: 0,
+        inflight: 0,
+        peer_closed: false,
+        framing_broken: false,
+    };
+    let graceful = s.run().await;
+    // Whatever was read and not answered is lost with the connection; count it.
+    let lost = s.replies_buffered + s.inflight as u64 + s.whole_frames_buffered();
+    shard.metrics.borrow_mut().unanswered += lost;
+    s.finish(graceful).await;
+}
+
+impl Session<'_> {
+    /// The read-route-write loop. Returns true when it ended in an orderly way.
+    async fn run(&mut self) -> bool {
+        loop {
+            self.take_completions();
+            if !self.framing_broken {
+                self.route_frames().await;
+            }
+            if !self.output.is_empty() {
+                if !self.flush().await {
+                    return false;
+                }
+            }
+            if self.shared.close.get().is_some() {
+                return false;
+            }
+            if self.framing_broken {
+                return true;
+            }
+            let stopping = self.peer_closed || self.shard.draining.is_set();
+            let has_frame = self.has_whole_frame();
+            if stopping && self.inflight == 0 && !has_frame {
+                return true;
+            }
+            if !self.shared.completions.borrow().is_empty() {
+                continue;
+            }
+            let may_read =
+                !stopping && !has_frame && self.inflight < self.shard.config.max_inflight;
+            if may_read {
+                if !self.read_or_wake().await {
+                    return false;
+                }
+            } else {
+                self.shared.wake.wait().await;
+            }
+        }
+    }
+
+    /// Appends the replies that came back from elsewhere to the output.
+    fn take_completions(&mut self) {
+        let mut completions = self.shared.completions.borrow_mut();
+        if completions.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut metrics = self.shard.metrics.borrow_mut();
+        while let Some(c) = completions.pop_front() {
+            self.output.extend_from_slice(&c.frame);
+            self.shard.pool.give(c.frame);
+            metrics.record(c.kind, now.saturating_duration_since(c.started));
+            self.inflight -= 1;
+            self.replies_buffered += 1;
+        }
+    }
+
+    /// Answers or routes every whole frame in the input, within the in-flight and output caps.
+    async fn route_frames(&mut self) {
+        let max_frame = self.shard.config.max_frame;
+        let mut reserved = None;
+        while self.inflight < self.shard.config.max_inflight && self.output.len() < OUTPUT_SOFT_CAP
+        {
+            let len = match frame::peek(&self.input, max_frame) {
+                Ok(Peek::Complete { len }) => len,
+                Ok(Peek::Partial { .. }) => break,
+                Err(error) => {
+                    self.shard
+                        .encoder
+                        .borrow_mut()
+                        .error(0, &error, &mut self.output);
+                    self.shard.metrics.borrow_mut().rejected += 1;
+                    self.replies_buffered += 1;
+                    self.framing_broken = true;
+                    return;
+                }
+            };
+            let frame = &self.input[..len];
+            match router::route(
+                self.shard,
+                self.shared,
+                frame,
+                &mut self.output,
+                reserved.take(),
+            ) {
+                Routed::Answered => self.replies_buffered += 1,
+                Routed::Deferred => self.inflight += 1,
+                Routed::NeedsPermit(peer) => {
+                    // Every slot to that core is in use: wait for one, then route this frame
+                    // again. Only this connection waits; the replies that free slots are
+                    // received by another task.
+                    if let Some(link) = self.shard.mesh.link(peer) {
+                        link.reserve().await;
+                        reserved = Some(peer);
+                    }
+                    continue;
+                }
+            }
+            self.input.advance(len);
+        }
+        // Track a frame that has started but not finished, for --frame-timeout.
+        let partial = !self.input.is_empty() && !self.has_whole_frame();
+        match (partial, self.shared.frame_started.get()) {
+            (true, None) => self.shared.frame_started.set(Some(Instant::now())),
+            (false, Some(_)) => self.shared.frame_started.set(None),
+            _ => {}
+        }
+    }
+
+    fn has_whole_frame(&self) -> bool {
+        matches!(
+            frame::peek(&self.input, self.shard.config.max_frame),
+            Ok(Peek::Complete { .. })
+        )
+    }
+
+    fn whole_frames_buffered(&self) -> u64 {
+        let mut rest = &self.input[..];
+        let mut n = 0;
+        while let Ok(Peek::Complete { len }) = frame::peek(rest, self.shard.config.max_frame) {
+            rest = &rest[len..];
+            n += 1;
+        }
+        n
+    }
+
+    /// Writes the whole output: one write for the batch unless the socket is full. Returns
+    /// false if the connection failed or was closed meanwhile.
+    async fn flush(&mut self) -> bool {
+        let mut written = 0;
+        while written < self.output.len() {
+            let shared = self.shared;
+            let result = futures_lite::future::or(
+                async { Some(self.conn.write(&self.output[written..]).await) },
+                async {
+                    while shared.close.get().is_none() {
+                        shared.wake.wait().await;
+                    }
+                    None
+                },
+            )
+            .await;
+            match result {
+                Some(Ok(0)) | Some(Err(_)) | None => return false,
+                Some(Ok(n)) => {
+                    written += n;
+                    self.shared.last_active.set(Instant::now());
+                }
+            }
+        }
+        self.output.clear();
+        self.replies_buffered = 0;
+        if self.output.capacity() > SHRINK_ABOVE {
+            self.output = BytesMut::with_capacity(READ_CHUNK);
+        }
+        // Waking for close above may have eaten a completion's notification; the main loop
+        // always looks at the completion queue before it waits, so none is lost.
+        true
+    }
+
+    /// Reads more input, or returns early when woken (a completion, a close, the drain).
+    /// Returns false if the connection failed.
+    async fn read_or_wake(&mut self) -> bool {
+        if self.input.is_empty() && self.input.capacity() > SHRINK_ABOVE {
+            self.input = BytesMut::with_capacity(READ_CHUNK);
+        }
+        let min_spare = match frame::peek(&self.input, self.shard.config.max_frame) {
+            Ok(Peek::Partial { total }) => (total - self.input.len()).max(READ_CHUNK),
+            _ => READ_CHUNK,
+        };
+        let shared = self.shared;
+        let result = futures_lite::future::or(
+            async { Some(self.conn.read_into(&mut self.input, min_spare).await) },
+            async {
+                shared.wake.wait().await;
+                None
+            },
+        )
+        .await;
+        match result {
+            None => true,
+            Some(Ok(0)) => {
+                self.peer_closed = true;
+                true
+            }
+            Some(Ok(_)) => {
+                self.shared.last_active.set(Instant::now());
+                true
+            }
+            Some(Err(_)) => false,
+        }
+    }
+
+    /// Closes the connection. After an orderly end the server half-closes and discards input
+    /// for a moment, so the client reads every reply before it sees the connection end.
+    async fn finish(mut self, graceful: bool) {
+        if !graceful || self.peer_closed {
+            return;
+        }
+        if self.conn.shutdown_write().await.is_err() {
+            return;
+        }
+        let mut discarded = 0;
+        let deadline = crate::runtime::sleep(LINGER);
+        let drain = async {
+            loop {
+                self.input.clear();
+                match self.conn.read_into(&mut self.input, READ_CHUNK).await {
+                    Ok(n) if n > 0 && discarded < LINGER_BYTES => discarded += n,
+                    _ => return,
+                }
+            }
+        };
+        futures_lite::future::or(drain, deadline).await;
+    }
+}
