@@ -27,6 +27,8 @@ pub enum RequestError {
     KeyTooLarge(usize),
     #[error("value is {0} bytes, the limit is {MAX_VALUE_LEN}")]
     ValueTooLarge(usize),
+    #[error("compute input is {0} bytes, the limit is {MAX_VALUE_LEN}")]
+    InputTooLarge(usize),
     #[error("compute rounds must be at least 1")]
     ZeroRounds,
     #[error("compute rounds {0} is over the limit of {MAX_COMPUTE_ROUNDS}")]
@@ -55,9 +57,11 @@ impl RequestError {
         match self {
             EmptyFrame | Malformed(_) | UnknownOp(_) | MissingField(_) | EmptyKey | ZeroRounds
             | TooManyRounds(_) | UnknownAlgo(_) => Status::BadRequest,
-            FrameTooLarge { .. } | KeyTooLarge(_) | ValueTooLarge(_) | ItemTooLarge(_) => {
-                Status::TooLarge
-            }
+            FrameTooLarge { .. }
+            | KeyTooLarge(_)
+            | ValueTooLarge(_)
+            | InputTooLarge(_)
+            | ItemTooLarge(_) => Status::TooLarge,
             NotFound => Status::NotFound,
             ComputeQueueFull | StoreFull => Status::Overloaded,
             ShuttingDown => Status::ShuttingDown,

@@ -186,7 +186,7 @@ fn decode_op<'a>(request: &fb::Request<'a>) -> Result<Op<'a>, RequestError> {
             }
             let input = compute.input().ok_or(MissingField("input"))?.bytes();
             if input.len() > MAX_VALUE_LEN {
-                return Err(RequestError::ValueTooLarge(input.len()));
+                return Err(RequestError::InputTooLarge(input.len()));
             }
             let rounds = compute.rounds();
             if rounds == 0 {

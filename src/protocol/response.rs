@@ -277,8 +277,12 @@ impl<'a> ResponseView<'a> {
         if !has_identifier(frame, RESPONSE_IDENTIFIER) {
             return Err(InvalidResponse("file identifier is not PCRS".into()));
         }
-        // A Stats reply's tables share one vtable, which the verifier counts once per table.
-        let options = verifier_options(frame.len().saturating_mul(4));
+        // A Stats reply's tables share one vtable, which the verifier counts once per table, and
+        // it holds one table per shard.
+        let options = flatbuffers::VerifierOptions {
+            max_tables: 4096,
+            ..verifier_options(frame.len().saturating_mul(4))
+        };
         let r = flatbuffers::size_prefixed_root_with_opts::<fb::Response>(&options, frame)
             .map_err(|e| InvalidResponse(e.to_string()))?;
         let body = match r.body_type() {

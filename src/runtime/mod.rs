@@ -58,10 +58,23 @@ pub struct Executor<T: Send + 'static> {
 /// default 10 MiB of registered buffers would only count against RLIMIT_MEMLOCK and RSS.
 const IO_MEMORY: usize = 512 << 10;
 
-/// How long a task queue may run before the executor checks for I/O and other queues. glommio's
-/// default is 100 ms; CPU-bound `Compute` work yields at this granularity, so it bounds how
-/// long a ping waits behind it.
-const PREEMPT_TIMER: Duration = Duration::from_millis(1);
+/// glommio 0.9 can park an executor that still has runnable tasks when its preemption timer
+/// fires before the scheduler ran anything (fixed upstream in glommio/glommio#53, not in any
+/// crates.io release). The park then lasts until the next timer or I/O completion, forever if
+/// there is none: we saw servers hang at start-up on a loaded machine. A timer that is always
+/// pending bounds such a stall to this period; its cost is this many wake-ups per second of an
+/// idle core, which is nothing.
+const HEARTBEAT: Duration = Duration::from_millis(10);
+
+async fn heartbeat() {
+    loop {
+        glommio::timer::sleep(HEARTBEAT).await;
+    }
+}
+
+/// How often CPU-bound work in a [`BackgroundQueue`] gives the network a chance to run: while
+/// such a queue has work, glommio polls for I/O at least this often.
+const BACKGROUND_LATENCY: Duration = Duration::from_millis(1);
 
 impl<T: Send + 'static> Executor<T> {
     /// Starts an executor pinned to `cpu` that runs the future `make()` returns.
@@ -73,8 +86,10 @@ impl<T: Send + 'static> Executor<T> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(name)
             .io_memory(IO_MEMORY)
-            .preempt_timer(PREEMPT_TIMER)
-            .spawn(make)
+            .spawn(move || {
+                glommio::spawn_local(heartbeat()).detach();
+                make()
+            })
             .map_err(|e| runtime_error(cpu, e))?;
         Ok(Executor { cpu, handle })
     }
@@ -101,7 +116,10 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
         .io_memory(IO_MEMORY)
         .make()
         .unwrap_or_else(|e| panic!("cannot start an io_uring executor: {e}"))
-        .run(fut)
+        .run(async move {
+            glommio::spawn_local(heartbeat()).detach();
+            fut.await
+        })
 }
 
 /// Runs a task on the current core in the background, until it finishes.
@@ -132,7 +150,7 @@ impl BackgroundQueue {
     pub fn new(name: &str, shares: usize) -> Self {
         BackgroundQueue(glommio::executor().create_task_queue(
             Shares::Static(shares),
-            Latency::NotImportant,
+            Latency::Matters(BACKGROUND_LATENCY),
             name,
         ))
     }

@@ -23,6 +23,8 @@ use crate::runtime::net::Conn;
 
 /// Bytes asked of each read at least (the buffer grows to hold a large frame whole).
 const READ_CHUNK: usize = 16 << 10;
+/// The most a single read grows the input buffer by.
+const MAX_READ_GROWTH: usize = 256 << 10;
 /// Stop answering further frames of a batch once this much output is waiting to be written.
 pub const OUTPUT_SOFT_CAP: usize = 256 << 10;
 /// Buffers that grew past this for a large frame or reply are released once empty.
@@ -70,8 +72,10 @@ impl ConnShared {
         }
     }
 
-    /// Hands a finished reply to the connection.
+    /// Hands a finished reply to the connection. Work finishing counts as activity for
+    /// `--idle-timeout`: a connection waiting on its own requests is not idle.
     pub fn complete(&self, completion: Completion) {
+        self.last_active.set(Instant::now());
         self.completions.borrow_mut().push_back(completion);
         self.wake.notify();
     }
@@ -141,19 +145,16 @@ impl Session<'_> {
             if !self.framing_broken {
                 self.route_frames().await;
             }
-            if !self.output.is_empty() {
-                if !self.flush().await {
-                    return false;
-                }
+            if !self.output.is_empty() && !self.flush().await {
+                return false;
             }
             if self.shared.close.get().is_some() {
                 return false;
             }
-            if self.framing_broken {
-                return true;
-            }
-            let stopping = self.peer_closed || self.shard.draining.is_set();
-            let has_frame = self.has_whole_frame();
+            // Once the framing broke nothing more is read, but the requests before the bad
+            // frame that are still running elsewhere get their replies first.
+            let stopping = self.framing_broken || self.peer_closed || self.shard.draining.is_set();
+            let has_frame = !self.framing_broken && self.has_whole_frame();
             if stopping && self.inflight == 0 && !has_frame {
                 return true;
             }
@@ -162,6 +163,7 @@ impl Session<'_> {
             }
             let may_read =
                 !stopping && !has_frame && self.inflight < self.shard.config.max_inflight;
+            self.track_partial_frame(may_read);
             if may_read {
                 if !self.read_or_wake().await {
                     return false;
@@ -232,8 +234,12 @@ impl Session<'_> {
             }
             self.input.advance(len);
         }
-        // Track a frame that has started but not finished, for --frame-timeout.
-        let partial = !self.input.is_empty() && !self.has_whole_frame();
+    }
+
+    /// Starts or stops the `--frame-timeout` clock. It measures how long the client takes to
+    /// deliver a frame it has started, so it runs only while the server is reading.
+    fn track_partial_frame(&self, reading: bool) {
+        let partial = reading && !self.input.is_empty();
         match (partial, self.shared.frame_started.get()) {
             (true, None) => self.shared.frame_started.set(Some(Instant::now())),
             (false, Some(_)) => self.shared.frame_started.set(None),
@@ -298,8 +304,12 @@ impl Session<'_> {
         if self.input.is_empty() && self.input.capacity() > SHRINK_ABOVE {
             self.input = BytesMut::with_capacity(READ_CHUNK);
         }
+        // Grow toward a large frame as its bytes arrive rather than all at once: a bare length
+        // prefix must not make the server commit megabytes of buffer.
         let min_spare = match frame::peek(&self.input, self.shard.config.max_frame) {
-            Ok(Peek::Partial { total }) => (total - self.input.len()).max(READ_CHUNK),
+            Ok(Peek::Partial { total }) => {
+                (total - self.input.len()).clamp(READ_CHUNK, MAX_READ_GROWTH)
+            }
             _ => READ_CHUNK,
         };
         let shared = self.shared;

@@ -52,7 +52,11 @@ pub struct Store {
     budget: usize,
     used: usize,
     stats: StoreStats,
+    last_purge_ms: Option<u64>,
 }
+
+/// Minimum time between two full purges of expired items.
+const PURGE_INTERVAL_MS: u64 = 1_000;
 
 /// A value read from the store, borrowed until the next write.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +74,7 @@ impl Store {
             budget,
             used: 0,
             stats: StoreStats::default(),
+            last_purge_ms: None,
         }
     }
 
@@ -124,6 +129,9 @@ impl Store {
             0 => 0,
             ttl => now_ms + u64::from(ttl),
         };
+        if self.used + new_charge > self.budget {
+            self.purge_expired(now_ms);
+        }
         let existing = self
             .items
             .find_mut(hash, |it| it.hash == hash && *it.key == *key);
@@ -171,6 +179,31 @@ impl Store {
             }
             Err(_) => false,
         }
+    }
+
+    /// Reclaims every expired item when the store is full. It walks the whole table, so it runs
+    /// at most once per [`PURGE_INTERVAL_MS`]; without eviction this is the only way memory
+    /// held by expired items that nobody reads comes back.
+    fn purge_expired(&mut self, now_ms: u64) {
+        if self
+            .last_purge_ms
+            .is_some_and(|at| now_ms < at + PURGE_INTERVAL_MS)
+        {
+            return;
+        }
+        self.last_purge_ms = Some(now_ms);
+        let mut freed = 0;
+        let mut expired = 0;
+        self.items.retain(|item| {
+            let keep = !item.expired(now_ms);
+            if !keep {
+                freed += item.charge();
+                expired += 1;
+            }
+            keep
+        });
+        self.used -= freed;
+        self.stats.expirations += expired;
     }
 
     fn expire_if_due(&mut self, hash: u64, key: &[u8], now_ms: u64) {
@@ -236,5 +269,20 @@ mod tests {
         ));
         // Overwriting in place still fits.
         set(&mut s, b"a", &[1; 10], 0, 0).unwrap();
+    }
+
+    #[test]
+    fn a_full_store_reclaims_expired_items() {
+        let mut s = Store::new(charge(1, 10) * 2);
+        set(&mut s, b"a", &[0; 10], 50, 0).unwrap();
+        set(&mut s, b"b", &[0; 10], 50, 0).unwrap();
+        assert_eq!(
+            set(&mut s, b"c", &[0; 10], 0, 10),
+            Err(RequestError::StoreFull)
+        );
+        // Both expired at 50; the purge is allowed again a second after the last one.
+        set(&mut s, b"c", &[0; 10], 0, 1_010).unwrap();
+        assert_eq!(s.stats().expirations, 2);
+        assert_eq!(s.stats().items, 1);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -29,14 +30,22 @@ pub struct Stopped {
 impl Server {
     /// Starts `percore --listen 127.0.0.1:0` with `args` and waits until it serves.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_percore"));
+        command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("PERCORE_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("percore starts");
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl is async-signal-safe. The server dies with the test process even when
+        // the test is killed before its Drop can run.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("percore starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

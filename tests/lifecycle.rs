@@ -1,0 +1,121 @@
+//! Connection limits and shutdown, against the real binary.
+
+mod common;
+use std::time::Duration;
+
+use common::*;
+
+/// Connections past --max-connections are closed at once and counted; the others are served.
+#[test]
+fn connections_over_the_limit_are_refused_and_counted() {
+    let server = Server::start(&[
+        "--cores",
+        &test_cores().to_string(),
+        "--max-connections",
+        "3",
+    ]);
+    block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut c = Client::connect(server.addr).await.unwrap();
+            assert_eq!(c.ping(b"in").await.unwrap(), b"in");
+            held.push(c);
+        }
+        for _ in 0..4 {
+            let mut extra = Client::connect(server.addr).await.unwrap();
+            let refused = extra.ping(b"over the limit").await;
+            assert!(
+                refused.is_err(),
+                "the fourth connection must be closed, got {refused:?}"
+            );
+        }
+        for c in held.iter_mut() {
+            assert_eq!(c.ping(b"still served").await.unwrap(), b"still served");
+        }
+        let stats = held[0].stats().await.unwrap();
+        assert_eq!(stats.iter().map(|s| s.connections_refused).sum::<u64>(), 4);
+        assert_eq!(stats.iter().map(|s| s.connections).sum::<u64>(), 3);
+
+        // A slot freed by a client that leaves can be used again.
+        drop(held.pop());
+        let mut retry = None;
+        for _ in 0..50 {
+            let mut c = Client::connect(server.addr).await.unwrap();
+            if c.ping(b"again").await.is_ok() {
+                retry = Some(c);
+                break;
+            }
+            percore::runtime::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(retry.is_some(), "a freed slot is reusable");
+    });
+}
+
+/// SIGTERM while clients are pipelining: the server stops reading, answers everything it read,
+/// prints the exit report and exits 0.
+#[test]
+fn sigterm_under_load_answers_everything_read_and_prints_the_report() {
+    let server = Server::start(&["--cores", &test_cores().to_string()]);
+    let addr = server.addr;
+    let pid = server.pid();
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            std::thread::spawn(move || {
+                block_on(async move {
+                    let mut c = Client::connect(addr).await.unwrap();
+                    let mut sent = 0u64;
+                    let mut answered = 0u64;
+                    let value = [n as u8; 64];
+                    // Keep 64 requests in flight until the server closes the connection.
+                    loop {
+                        while sent - answered < 64 {
+                            let key = format!("load:{n}:{}", sent % 1000);
+                            let op = if sent % 2 == 0 {
+                                Op::Set {
+                                    key: key.as_bytes(),
+                                    value: &value,
+                                    ttl_ms: 0,
+                                }
+                            } else {
+                                Op::Get {
+                                    key: key.as_bytes(),
+                                }
+                            };
+                            c.send(&op);
+                            sent += 1;
+                        }
+                        if c.flush().await.is_err() {
+                            break;
+                        }
+                        match c.recv().await {
+                            Ok(r) => {
+                                assert!(
+                                    matches!(r.status(), Status::Ok | Status::NotFound),
+                                    "status {:?}",
+                                    r.status()
+                                );
+                                answered += 1;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    answered
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(pid, server.pid());
+    let stopped = server.stop(Duration::from_secs(15));
+    let answered: u64 = clients.into_iter().map(|t| t.join().unwrap()).sum();
+
+    assert!(stopped.status.success(), "exit status {:?}", stopped.status);
+    let out = &stopped.stdout;
+    assert!(out.contains("percore exit report"), "no report in:\n{out}");
+    let reported = report_count(out, "set").unwrap() + report_count(out, "get").unwrap();
+    assert!(answered > 1_000, "the load ran ({answered} replies)");
+    // Every request the server read was answered, and every answer reached a client.
+    assert_eq!(report_core_sum(out, "unanswered"), 0, "report:\n{out}");
+    assert_eq!(reported, answered, "report:\n{out}");
+    assert_eq!(report_core_sum(out, "requests"), answered);
+}
