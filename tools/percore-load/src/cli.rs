@@ -1,0 +1,388 @@
+//! The command line, and the checked [`Plan`] a run follows.
+//!
+//! Cores, durations and sizes parse with `percore::config` types, so `percore` and
+//! `percore-load` read `--cores 0,2-3`, `250ms` and `64KiB` the same way.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use percore::config::{CoreSpec, Dur};
+use percore::protocol::{Algo, MAX_COMPUTE_ROUNDS, MAX_KEY_LEN, MAX_VALUE_LEN};
+
+use crate::codec::ProtocolKind;
+use crate::workload::{min_key_size, KeyDist, LoadOp, Mix, ValueSize, CHECKSUM_LEN};
+
+/// percore-load: the load generator bundled with percore.
+///
+/// Runs one pinned executor per chosen CPU, spreads --connections across them and across the
+/// --target servers, and keeps up to --pipeline requests in flight on each connection. Without
+/// --rate it runs closed loop (each connection sends as fast as replies come back); with
+/// --rate it runs open loop: the total rate is spread evenly over the connections on a fixed
+/// schedule, and latency is measured from each request's intended send time, so a stalled
+/// server fills the tail instead of hiding (wrk2's coordinated-omission correction). The
+/// service time from the actual send is kept too.
+///
+/// Every reply is checked: matched by id, expected status, and each value's checksum (values
+/// end with a CRC-32C over key and content). Wrong or missing replies are counted by kind and
+/// make the exit status 1.
+///
+/// A progress line goes to stderr every second; at the end, throughput, errors and per
+/// operation the HdrHistogram percentile distribution (latency in milliseconds) go to stdout.
+#[derive(Debug, Parser)]
+#[command(name = "percore-load", version, max_term_width = 100)]
+pub struct Args {
+    /// Server to load, HOST:PORT; repeat it to load several servers, connections are spread
+    /// across them round-robin [default: 127.0.0.1:7070]
+    #[arg(long = "target", value_name = "ADDR")]
+    pub targets: Vec<String>,
+
+    /// CPUs the load generator runs on: a count (first N usable) or a list like 0,2-3; one
+    /// pinned executor per CPU, connections spread across them [default: 1]
+    #[arg(long, value_name = "N|LIST")]
+    pub cores: Option<CoreSpec>,
+
+    /// Connections in total, across all cores and targets
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub connections: usize,
+
+    /// Requests each connection may have in flight at once
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub pipeline: usize,
+
+    /// Open loop at this many requests per second in total, spread evenly over the connections
+    /// on a fixed schedule [default: closed loop]
+    #[arg(long, value_name = "OPS_PER_SEC")]
+    pub rate: Option<u64>,
+
+    /// How long to measure, after --warmup [default: 10s unless --requests is given]
+    #[arg(long, value_name = "DUR", conflicts_with = "requests")]
+    pub duration: Option<Dur>,
+
+    /// Measure this many requests in total instead of running for a --duration
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
+
+    /// Load sent before measuring starts; its replies are checked but not counted
+    #[arg(long, value_name = "DUR", default_value = "0s")]
+    pub warmup: Dur,
+
+    /// What to send: ping (echo a payload of --value-size), get, set, mixed (--mix), compute
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Ping)]
+    pub workload: WorkloadKind,
+
+    /// Operation weights of the mixed workload, OP:WEIGHT,... with OP one of get, set, ping,
+    /// compute
+    #[arg(long, value_name = "MIX", default_value = "get:90,set:10")]
+    pub mix: Mix,
+
+    /// Keys in the keyspace
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub keys: u64,
+
+    /// Bytes per key: `k` and the key's number, zero-padded (at least enough digits for --keys)
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub key_size: usize,
+
+    /// Bytes per value (and ping payload, compute input): N, or MIN-MAX drawn uniformly; values
+    /// are at least 4 bytes, their checksum
+    #[arg(long, value_name = "N|MIN-MAX", default_value = "100")]
+    pub value_size: ValueSize,
+
+    /// How keys are drawn: uniform, or zipf:S (rank r with probability proportional to 1/r^S)
+    #[arg(long, value_name = "DIST", default_value = "uniform")]
+    pub key_dist: KeyDist,
+
+    /// Set every key once before measuring, so gets hit; a get that then misses is an error
+    #[arg(long)]
+    pub prefill: bool,
+
+    /// Learn the topology with Hello and send each key straight to the core that owns it,
+    /// through the server's --shard-ports
+    #[arg(long)]
+    pub shard_aware: bool,
+
+    /// Wire protocol: percore, or memcached (text protocol, get and set only)
+    #[arg(long, value_enum, default_value_t = ProtocolKind::Percore)]
+    pub protocol: ProtocolKind,
+
+    /// Hash of the compute workload
+    #[arg(long, value_enum, default_value_t = AlgoArg::Crc32c)]
+    pub compute_algo: AlgoArg,
+
+    /// Rounds per compute request
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub compute_rounds: u32,
+
+    /// Give up on a connection whose requests in flight get no reply for this long (they
+    /// count as missing)
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    pub timeout: Dur,
+
+    /// Seed of the key, size and operation draws, so runs can be repeated
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+
+    /// Also write the results as one JSON object to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Also write the percentile distribution of all operations to FILE (HdrHistogram text
+    /// format, for the HdrHistogram plotter); with several operations, each also gets
+    /// FILE's stem + .OP + extension
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+
+    /// Also write an HdrHistogram interval log to FILE: one histogram per second (all
+    /// operations untagged, and each operation tagged with its name)
+    #[arg(long, value_name = "FILE")]
+    pub hlog: Option<PathBuf>,
+
+    /// No progress lines on stderr
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadKind {
+    Ping,
+    Get,
+    Set,
+    Mixed,
+    Compute,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlgoArg {
+    Crc32c,
+    Sha256,
+}
+
+/// When the run stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    After(Duration),
+    Requests(u64),
+}
+
+/// A checked run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub targets: Vec<SocketAddr>,
+    pub cpus: Vec<usize>,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub rate: Option<u64>,
+    pub stop: Stop,
+    pub warmup: Duration,
+    pub workload: WorkloadKind,
+    pub mix: Mix,
+    pub keys: u64,
+    pub key_size: usize,
+    pub value_size: ValueSize,
+    pub key_dist: KeyDist,
+    pub prefill: bool,
+    pub shard_aware: bool,
+    pub protocol: ProtocolKind,
+    pub compute_algo: Algo,
+    pub compute_rounds: u32,
+    pub timeout: Duration,
+    pub seed: u64,
+    pub json: Option<PathBuf>,
+    pub hgrm: Option<PathBuf>,
+    pub hlog: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+impl Plan {
+    pub fn from_args(args: Args) -> anyhow::Result<Plan> {
+        let targets = if args.targets.is_empty() {
+            vec!["127.0.0.1:7070".to_owned()]
+        } else {
+            args.targets.clone()
+        };
+        let targets = targets
+            .iter()
+            .map(|t| {
+                t.to_socket_addrs()
+                    .with_context(|| format!("--target {t}: not an address"))?
+                    .next()
+                    .with_context(|| format!("--target {t}: resolves to no address"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cpus = args
+            .cores
+            .clone()
+            .unwrap_or(CoreSpec::Count(1))
+            .resolve(&percore::config::usable_cpus())?;
+        if args.connections == 0 {
+            bail!("--connections must be at least 1");
+        }
+        if args.pipeline == 0 {
+            bail!("--pipeline must be at least 1");
+        }
+        if args.rate == Some(0) {
+            bail!("--rate must be at least 1 request per second");
+        }
+        let stop = match (args.duration, args.requests) {
+            (_, Some(0)) => bail!("--requests must be at least 1"),
+            (_, Some(n)) => Stop::Requests(n),
+            (Some(d), None) if d.0.is_zero() => bail!("--duration must be more than 0"),
+            (Some(d), None) => Stop::After(d.0),
+            (None, None) => Stop::After(Duration::from_secs(10)),
+        };
+        if args.keys == 0 {
+            bail!("--keys must be at least 1");
+        }
+        let need = min_key_size(args.keys);
+        if args.key_size < need || args.key_size > MAX_KEY_LEN {
+            bail!(
+                "--key-size {}: {} keys need keys of {need} to {MAX_KEY_LEN} bytes",
+                args.key_size,
+                args.keys
+            );
+        }
+        if args.value_size.max > MAX_VALUE_LEN {
+            bail!("--value-size: values are at most {MAX_VALUE_LEN} bytes");
+        }
+        let mix = match args.workload {
+            WorkloadKind::Ping => Mix::only(LoadOp::Ping),
+            WorkloadKind::Get => Mix::only(LoadOp::Get),
+            WorkloadKind::Set => Mix::only(LoadOp::Set),
+            WorkloadKind::Compute => Mix::only(LoadOp::Compute),
+            WorkloadKind::Mixed => args.mix.clone(),
+        };
+        let ops = mix.ops();
+        if ops.contains(&LoadOp::Set) && args.value_size.min < CHECKSUM_LEN {
+            bail!("--value-size: values carry a {CHECKSUM_LEN}-byte checksum, so they are at least {CHECKSUM_LEN} bytes");
+        }
+        if args.prefill && args.value_size.min < CHECKSUM_LEN {
+            bail!(
+                "--prefill writes values, which are at least {CHECKSUM_LEN} bytes (--value-size)"
+            );
+        }
+        if args.compute_rounds == 0 || args.compute_rounds > MAX_COMPUTE_ROUNDS {
+            bail!("--compute-rounds must be 1..={MAX_COMPUTE_ROUNDS}");
+        }
+        if args.protocol == ProtocolKind::Memcached {
+            if ops
+                .iter()
+                .any(|op| !matches!(op, LoadOp::Get | LoadOp::Set))
+            {
+                bail!("--protocol memcached speaks get and set only (--workload get, set or mixed with get/set)");
+            }
+            if args.shard_aware {
+                bail!("--shard-aware needs the percore protocol (Hello)");
+            }
+        }
+        if args.timeout.0.is_zero() {
+            bail!("--timeout must be more than 0");
+        }
+        Ok(Plan {
+            targets,
+            cpus,
+            connections: args.connections,
+            pipeline: args.pipeline,
+            rate: args.rate,
+            stop,
+            warmup: args.warmup.0,
+            workload: args.workload,
+            mix,
+            keys: args.keys,
+            key_size: args.key_size,
+            value_size: args.value_size,
+            key_dist: args.key_dist,
+            prefill: args.prefill,
+            shard_aware: args.shard_aware,
+            protocol: args.protocol,
+            compute_algo: match args.compute_algo {
+                AlgoArg::Crc32c => Algo::Crc32c,
+                AlgoArg::Sha256 => Algo::Sha256,
+            },
+            compute_rounds: args.compute_rounds,
+            timeout: args.timeout.0,
+            seed: args.seed,
+            json: args.json,
+            hgrm: args.hgrm,
+            hlog: args.hlog,
+            quiet: args.quiet,
+        })
+    }
+
+    /// One line describing the run, for the report.
+    pub fn describe(&self) -> String {
+        let mode = match self.rate {
+            Some(r) => format!("open loop at {r} ops/s"),
+            None => "closed loop".to_owned(),
+        };
+        let stop = match self.stop {
+            Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
+            Stop::Requests(n) => format!("{n} requests"),
+        };
+        let targets = self
+            .targets
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            "{mode}, {stop}, workload {} ({}), {} connections x pipeline {} on {} core(s), target {targets}{}",
+            format!("{:?}", self.workload).to_lowercase(),
+            self.mix,
+            self.connections,
+            self.pipeline,
+            self.cpus.len(),
+            if self.shard_aware { ", shard-aware" } else { "" },
+        )
+    }
+}
+
+#[cfg(test)]
+impl Args {
+    /// Parses a command line against a made-up target, for unit tests.
+    pub fn try_parse_from_for_tests(extra: &[&str]) -> Args {
+        let mut all = vec!["percore-load", "--target", "127.0.0.1:1"];
+        all.extend_from_slice(extra);
+        Args::try_parse_from(all).expect("a valid test command line")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        let mut all = vec!["percore-load", "--target", "127.0.0.1:1"];
+        all.extend_from_slice(args);
+        Plan::from_args(Args::try_parse_from(all)?)
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let p = plan(&[]).unwrap();
+        assert_eq!(p.stop, Stop::After(Duration::from_secs(10)));
+        assert_eq!(p.mix.ops(), vec![LoadOp::Ping]);
+        assert_eq!(p.cpus.len(), 1);
+        assert!(plan(&["--requests", "5", "--duration", "1s"]).is_err());
+        assert!(plan(&["--keys", "1000000", "--key-size", "4"]).is_err());
+        assert!(plan(&["--workload", "set", "--value-size", "2"]).is_err());
+        assert!(
+            plan(&["--protocol", "memcached"]).is_err(),
+            "ping over memcached"
+        );
+        assert!(plan(&["--protocol", "memcached", "--workload", "mixed"]).is_ok());
+        let p = plan(&[
+            "--workload",
+            "mixed",
+            "--mix",
+            "get:1,set:3",
+            "--rate",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(p.mix.ops(), vec![LoadOp::Get, LoadOp::Set]);
+        assert_eq!(p.rate, Some(100));
+    }
+}

@@ -1,0 +1,827 @@
+//! One load-generating connection ("slot"): its socket(s), its requests in flight, its schedule,
+//! and the loop that sends what is due and checks every reply.
+//!
+//! A slot owns one socket, or with `--shard-aware` one socket per server core (each to that
+//! core's shard port), and sends each key to the socket of the core that owns it. Up to
+//! `--pipeline` requests are in flight per slot, tracked by id in a map that cannot grow past
+//! that. The loop is a single task per slot: it sends everything the [`Schedule`] says is due,
+//! writes once, then waits for whichever comes first: a reply, the next intended send time,
+//! the end of the run, or `--timeout` without progress. Waiting on a read and a timer together
+//! is safe because `Conn::read_into` consumes nothing until it completes.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BytesMut};
+use percore::client::{Client, Topology};
+use percore::runtime::{self, net::Conn};
+
+use crate::cli::{Plan, Stop};
+use crate::codec::{Body, Codec, Parsed, ProtocolKind, ReplyTo, Request};
+use crate::stats::{ErrorKind, Phase, Recorder};
+use crate::workload::{make_value, value_is_intact, write_key, KeySampler, LoadOp};
+
+/// An open-loop request sent later than this after its intended time while the pipeline had
+/// room is the generator's own lateness (the server cannot be blamed), and is counted.
+pub const LATE_SEND: Duration = Duration::from_millis(1);
+/// Bytes reserved per read.
+const READ_CHUNK: usize = 64 << 10;
+/// Distinct compute inputs; their digests are computed once per core, so checking a compute
+/// reply costs a comparison, not a second computation.
+const COMPUTE_CASES: usize = 16;
+/// Requests in flight per connection while prefilling (at least --pipeline).
+const PREFILL_PIPELINE: usize = 32;
+
+/// One compute input (a slice of the core's byte pool) and its expected digest.
+pub struct ComputeCase {
+    offset: usize,
+    len: usize,
+    digest: Vec<u8>,
+}
+
+/// What the slots of one core share: the plan, a pool of random bytes that payloads, values
+/// and compute inputs are cut from (so sending allocates nothing), and the core's recorder.
+pub struct CoreCtx {
+    pub plan: Rc<Plan>,
+    pool: Vec<u8>,
+    compute: Vec<ComputeCase>,
+    keys: KeySampler,
+    pub recorder: RefCell<Recorder>,
+}
+
+impl CoreCtx {
+    pub fn new(plan: Rc<Plan>, core: usize) -> CoreCtx {
+        let mut rng = fastrand::Rng::with_seed(plan.seed ^ (core as u64).wrapping_mul(0x9e37_79b9));
+        // Twice the largest value, so values start at many different offsets.
+        let pool_len = (2 * plan.value_size.max).max(4096);
+        let pool: Vec<u8> = (0..pool_len).map(|_| rng.u8(..)).collect();
+        let compute = if plan.mix.ops().contains(&LoadOp::Compute) {
+            (0..COMPUTE_CASES)
+                .map(|_| {
+                    let len = plan.value_size.pick(&mut rng);
+                    let offset = rng.usize(0..=pool.len() - len);
+                    let digest = percore::ops::compute::digest_blocking(
+                        plan.compute_algo,
+                        &pool[offset..offset + len],
+                        plan.compute_rounds,
+                    );
+                    ComputeCase {
+                        offset,
+                        len,
+                        digest: digest.as_bytes().to_vec(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        CoreCtx {
+            keys: KeySampler::new(plan.key_dist, plan.keys),
+            plan,
+            pool,
+            compute,
+            recorder: RefCell::new(Recorder::new()),
+        }
+    }
+}
+
+/// When a slot sends its requests.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Set keys `next`, `next + step`, ... below `end`, as fast as replies come.
+    Prefill { next: u64, step: u64, end: u64 },
+    /// As fast as replies come, until `end` or until `quota` measured requests were sent.
+    Closed {
+        measure_start: Instant,
+        end: Option<Instant>,
+        quota: Option<u64>,
+    },
+    /// Request j of the whole run is due at `start + j / rate`; this slot sends j = slot,
+    /// slot + slots, ... below `j_end`, and stops at `stop_at` whatever is left (counted as
+    /// unsent).
+    Open {
+        start: Instant,
+        measure_start: Instant,
+        rate: u64,
+        slot: u64,
+        slots: u64,
+        k: u64,
+        j_end: u64,
+        stop_at: Option<Instant>,
+    },
+}
+
+/// A request the schedule says to send now.
+struct Due {
+    intended: Instant,
+    phase: Phase,
+    key: Option<u64>,
+}
+
+impl Schedule {
+    /// The measuring schedule of slot `slot` of `slots`, for a run whose clock started at
+    /// `start`.
+    pub fn for_run(plan: &Plan, slot: usize, start: Instant) -> Schedule {
+        let measure_start = start + plan.warmup;
+        let slots = plan.connections as u64;
+        match plan.rate {
+            None => {
+                let (end, quota) = match plan.stop {
+                    Stop::After(d) => (Some(measure_start + d), None),
+                    Stop::Requests(n) => {
+                        let share = n / slots + u64::from((slot as u64) < n % slots);
+                        (None, Some(share))
+                    }
+                };
+                Schedule::Closed {
+                    measure_start,
+                    end,
+                    quota,
+                }
+            }
+            Some(rate) => {
+                // The first request due at or after measure start, and the end of the run.
+                let index_at = |d: Duration| {
+                    let scaled = d.as_nanos() * u128::from(rate);
+                    u64::try_from(scaled.div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
+                };
+                let (j_end, stop_at) = match plan.stop {
+                    Stop::After(d) => (index_at(plan.warmup + d), Some(measure_start + d)),
+                    Stop::Requests(n) => (index_at(plan.warmup).saturating_add(n), None),
+                };
+                Schedule::Open {
+                    start,
+                    measure_start,
+                    rate,
+                    slot: slot as u64,
+                    slots,
+                    k: 0,
+                    j_end,
+                    stop_at,
+                }
+            }
+        }
+    }
+
+    fn open_time(start: Instant, rate: u64, j: u64) -> Instant {
+        let ns = u128::from(j) * 1_000_000_000 / u128::from(rate);
+        start + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
+    /// The next request if it is due at `now`.
+    fn due(&mut self, now: Instant) -> Option<Due> {
+        if self.exhausted(now) {
+            return None;
+        }
+        match self {
+            Schedule::Prefill { next, step, .. } => {
+                let key = *next;
+                *next += *step;
+                Some(Due {
+                    intended: now,
+                    phase: Phase::Prefill,
+                    key: Some(key),
+                })
+            }
+            Schedule::Closed {
+                measure_start,
+                quota,
+                ..
+            } => {
+                let phase = if now < *measure_start {
+                    Phase::Warmup
+                } else {
+                    if let Some(q) = quota {
+                        *q -= 1;
+                    }
+                    Phase::Measured
+                };
+                Some(Due {
+                    intended: now,
+                    phase,
+                    key: None,
+                })
+            }
+            Schedule::Open {
+                start,
+                measure_start,
+                rate,
+                slot,
+                slots,
+                k,
+                ..
+            } => {
+                let j = *slot + *k * *slots;
+                let intended = Self::open_time(*start, *rate, j);
+                if intended > now {
+                    return None;
+                }
+                *k += 1;
+                let phase = if intended < *measure_start {
+                    Phase::Warmup
+                } else {
+                    Phase::Measured
+                };
+                Some(Due {
+                    intended,
+                    phase,
+                    key: None,
+                })
+            }
+        }
+    }
+
+    /// When the next request falls due, for schedules with a clock.
+    fn next_at(&self) -> Option<Instant> {
+        match self {
+            Schedule::Open {
+                start,
+                rate,
+                slot,
+                slots,
+                k,
+                j_end,
+                ..
+            } => {
+                let j = *slot + *k * *slots;
+                (j < *j_end).then(|| Self::open_time(*start, *rate, j))
+            }
+            _ => None,
+        }
+    }
+
+    /// When sending stops by the clock.
+    fn stop_at(&self) -> Option<Instant> {
+        match self {
+            Schedule::Closed { end, .. } => *end,
+            Schedule::Open { stop_at, .. } => *stop_at,
+            Schedule::Prefill { .. } => None,
+        }
+    }
+
+    /// Whether nothing more will be sent.
+    fn exhausted(&self, now: Instant) -> bool {
+        if self.stop_at().is_some_and(|stop| now >= stop) {
+            return true;
+        }
+        match self {
+            Schedule::Prefill { next, end, .. } => next >= end,
+            Schedule::Closed { quota, .. } => *quota == Some(0),
+            Schedule::Open {
+                slot,
+                slots,
+                k,
+                j_end,
+                ..
+            } => slot + k * slots >= *j_end,
+        }
+    }
+
+    /// Requests the open-loop schedule asked of this slot and it did not send.
+    fn unsent(&self) -> u64 {
+        match self {
+            Schedule::Open {
+                slot,
+                slots,
+                k,
+                j_end,
+                ..
+            } => {
+                let j = slot + k * slots;
+                if j >= *j_end {
+                    0
+                } else {
+                    (j_end - j).div_ceil(*slots)
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self, Schedule::Open { .. })
+    }
+}
+
+/// One socket and its buffers.
+struct Link {
+    conn: Conn,
+    input: BytesMut,
+    output: BytesMut,
+}
+
+/// A request in flight.
+struct Pending {
+    op: LoadOp,
+    phase: Phase,
+    intended: Instant,
+    sent: Instant,
+    /// Get/set: the key's index; ping: the payload's offset in the pool; compute: the case.
+    arg: u64,
+    /// Ping: the payload's length.
+    len: usize,
+}
+
+/// Everything about a slot but its sockets, so replies borrowed from a socket's buffer can be
+/// checked against it.
+struct Book {
+    ctx: Rc<CoreCtx>,
+    codec: Codec,
+    pending: HashMap<u64, Pending>,
+    /// Memcached answers in order: the ids in flight on each socket, oldest first.
+    fifos: Vec<VecDeque<u64>>,
+    next_id: u64,
+    rng: fastrand::Rng,
+    topology: Option<Topology>,
+    value: Vec<u8>,
+    key: [u8; 250],
+    last_progress: Instant,
+}
+
+/// A load-generating connection.
+pub struct Slot {
+    links: Vec<Link>,
+    book: Book,
+    /// A slot whose connection failed stops; its requests were counted as missing.
+    dead: bool,
+}
+
+impl Slot {
+    /// Connects slot `index` to its target (to every shard port of it with --shard-aware).
+    pub async fn connect(index: usize, ctx: Rc<CoreCtx>) -> anyhow::Result<Slot> {
+        let plan = &ctx.plan;
+        let target = plan.targets[index % plan.targets.len()];
+        let (addrs, topology) = if plan.shard_aware {
+            let mut client = Client::connect(target)
+                .await
+                .with_context(|| format!("cannot connect to {target}"))?;
+            let topology = client
+                .hello("percore-load")
+                .await
+                .with_context(|| format!("Hello to {target} failed"))?;
+            if topology.shard_ports.is_empty() {
+                bail!("--shard-aware: {target} has no shard ports (start percore with --shard-ports BASE)");
+            }
+            if topology.shard_ports.len() != topology.shard_count as usize {
+                bail!(
+                    "{target} reports {} shards but {} shard ports",
+                    topology.shard_count,
+                    topology.shard_ports.len()
+                );
+            }
+            let addrs = topology
+                .shard_ports
+                .iter()
+                .map(|&port| SocketAddr::new(target.ip(), port))
+                .collect::<Vec<_>>();
+            (addrs, Some(topology))
+        } else {
+            (vec![target], None)
+        };
+        let mut links = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let conn = Conn::connect(addr)
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?;
+            links.push(Link {
+                conn,
+                input: BytesMut::with_capacity(READ_CHUNK),
+                output: BytesMut::with_capacity(READ_CHUNK),
+            });
+        }
+        let rng = fastrand::Rng::with_seed(plan.seed.wrapping_add((index as u64 + 1) << 32));
+        let book = Book {
+            codec: Codec::new(plan.protocol),
+            pending: HashMap::with_capacity(plan.pipeline.max(PREFILL_PIPELINE)),
+            fifos: links.iter().map(|_| VecDeque::new()).collect(),
+            next_id: 1,
+            rng,
+            topology,
+            value: Vec::new(),
+            key: [0; 250],
+            last_progress: Instant::now(),
+            ctx,
+        };
+        Ok(Slot {
+            links,
+            book,
+            dead: false,
+        })
+    }
+
+    /// Sets this slot's share of the keyspace (keys index, index + connections, ...).
+    pub async fn prefill(&mut self, index: usize) {
+        let plan = &self.book.ctx.plan;
+        let mut schedule = Schedule::Prefill {
+            next: index as u64,
+            step: plan.connections as u64,
+            end: plan.keys,
+        };
+        let pipeline = plan.pipeline.max(PREFILL_PIPELINE);
+        self.drive(&mut schedule, pipeline).await;
+    }
+
+    /// Runs the measuring schedule.
+    pub async fn run(&mut self, mut schedule: Schedule) {
+        let pipeline = self.book.ctx.plan.pipeline;
+        self.drive(&mut schedule, pipeline).await;
+        let unsent = schedule.unsent();
+        self.book.ctx.recorder.borrow_mut().counts.unsent += unsent;
+    }
+
+    async fn drive(&mut self, schedule: &mut Schedule, pipeline: usize) {
+        if self.dead {
+            return;
+        }
+        let timeout = self.book.ctx.plan.timeout;
+        let open = schedule.is_open();
+        // When the pipeline last went from full to having room: a send due before that was
+        // held back by the server, not by this generator.
+        let mut room_since = Instant::now();
+        let mut was_full = false;
+        loop {
+            let now = Instant::now();
+            while self.book.pending.len() < pipeline {
+                let Some(due) = schedule.due(now) else { break };
+                if open && due.phase != Phase::Prefill {
+                    let lag = now.saturating_duration_since(due.intended.max(room_since));
+                    if lag > LATE_SEND {
+                        let mut rec = self.book.ctx.recorder.borrow_mut();
+                        rec.counts.late_sends += 1;
+                        let lag_ns = u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX);
+                        rec.counts.max_send_lag_ns = rec.counts.max_send_lag_ns.max(lag_ns);
+                    }
+                }
+                self.issue(due, now);
+            }
+            if self.book.pending.len() >= pipeline {
+                was_full = true;
+            }
+            for link in &mut self.links {
+                if link.output.is_empty() {
+                    continue;
+                }
+                if link.conn.write_all(&link.output).await.is_err() {
+                    self.lose(ErrorKind::ConnectionLost);
+                    return;
+                }
+                link.output.clear();
+            }
+            let exhausted = schedule.exhausted(Instant::now());
+            if exhausted && self.book.pending.is_empty() {
+                return;
+            }
+            // Wake for the next send if there is room for it, for the end of the run, and for
+            // the timeout of the requests in flight.
+            let mut wake = None;
+            if !exhausted {
+                if self.book.pending.len() < pipeline {
+                    wake = schedule.next_at();
+                }
+                wake = earliest(wake, schedule.stop_at());
+            }
+            if !self.book.pending.is_empty() {
+                wake = earliest(wake, Some(self.book.last_progress + timeout));
+            }
+            match wait_readable(&mut self.links, wake).await {
+                None => {
+                    if !self.book.pending.is_empty()
+                        && Instant::now() >= self.book.last_progress + timeout
+                    {
+                        self.lose(ErrorKind::Timeout);
+                        return;
+                    }
+                }
+                Some((_, Ok(0))) | Some((_, Err(_))) => {
+                    self.lose(ErrorKind::ConnectionLost);
+                    return;
+                }
+                Some((i, Ok(_))) => {
+                    if self.take_replies(i).is_err() {
+                        self.lose(ErrorKind::ConnectionLost);
+                        return;
+                    }
+                    if was_full && self.book.pending.len() < pipeline {
+                        was_full = false;
+                        room_since = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks every whole reply in socket `i`'s buffer. An error means the stream is broken.
+    fn take_replies(&mut self, i: usize) -> Result<(), String> {
+        let now = Instant::now();
+        let link = &mut self.links[i];
+        loop {
+            match self.book.codec.parse(&link.input) {
+                Parsed::Incomplete => return Ok(()),
+                Parsed::Broken(why) => return Err(why),
+                Parsed::Reply { len, to, body } => {
+                    self.book.on_reply(i, to, body, now);
+                    link.input.advance(len);
+                }
+            }
+        }
+    }
+
+    /// The connection is gone: everything in flight is missing.
+    fn lose(&mut self, kind: ErrorKind) {
+        let mut rec = self.book.ctx.recorder.borrow_mut();
+        rec.error(kind, 1);
+        rec.error(ErrorKind::Missing, self.book.pending.len() as u64);
+        self.book.pending.clear();
+        self.dead = true;
+    }
+
+    /// Encodes one request into the output of the socket its key belongs to.
+    fn issue(&mut self, due: Due, now: Instant) {
+        let book = &mut self.book;
+        let ctx = &*book.ctx;
+        let plan = &ctx.plan;
+        let op = if due.phase == Phase::Prefill {
+            LoadOp::Set
+        } else {
+            plan.mix.pick(&mut book.rng)
+        };
+        let id = book.next_id;
+        book.next_id += 1;
+        let arg;
+        let mut len = 0;
+        let mut key_bytes: Option<&[u8]> = None;
+        let request = match op {
+            LoadOp::Ping => {
+                len = plan.value_size.pick(&mut book.rng);
+                let offset = book.rng.usize(0..=ctx.pool.len() - len);
+                arg = offset as u64;
+                Request::Ping {
+                    payload: &ctx.pool[offset..offset + len],
+                }
+            }
+            LoadOp::Get | LoadOp::Set => {
+                let index = due.key.unwrap_or_else(|| ctx.keys.sample(&mut book.rng));
+                arg = index;
+                let key = write_key(index, plan.key_size, &mut book.key);
+                key_bytes = Some(key);
+                if op == LoadOp::Get {
+                    Request::Get { key }
+                } else {
+                    let size = plan.value_size.pick(&mut book.rng);
+                    let offset = book.rng.usize(0..=ctx.pool.len() - size);
+                    make_value(key, &ctx.pool[offset..], size, &mut book.value);
+                    Request::Set {
+                        key,
+                        value: &book.value,
+                    }
+                }
+            }
+            LoadOp::Compute => {
+                let case = book.rng.usize(0..ctx.compute.len());
+                arg = case as u64;
+                let c = &ctx.compute[case];
+                Request::Compute {
+                    algo: plan.compute_algo,
+                    input: &ctx.pool[c.offset..c.offset + c.len],
+                    rounds: plan.compute_rounds,
+                }
+            }
+        };
+        let link = match (&book.topology, key_bytes) {
+            (Some(topology), Some(key)) => topology.owner_of(key).min(self.links.len() - 1),
+            (Some(_), None) => book.rng.usize(0..self.links.len()),
+            (None, _) => 0,
+        };
+        book.codec
+            .encode(id, &request, &mut self.links[link].output);
+        if plan.protocol == ProtocolKind::Memcached {
+            book.fifos[link].push_back(id);
+        }
+        if book.pending.is_empty() {
+            book.last_progress = now;
+        }
+        book.pending.insert(
+            id,
+            Pending {
+                op,
+                phase: due.phase,
+                intended: due.intended,
+                sent: now,
+                arg,
+                len,
+            },
+        );
+        ctx.recorder.borrow_mut().sent(due.phase);
+    }
+}
+
+impl Book {
+    fn on_reply(&mut self, link: usize, to: ReplyTo, body: Body<'_>, now: Instant) {
+        let id = match to {
+            ReplyTo::Id(id) => id,
+            ReplyTo::Oldest => match self.fifos[link].pop_front() {
+                Some(id) => id,
+                None => {
+                    self.ctx
+                        .recorder
+                        .borrow_mut()
+                        .error(ErrorKind::UnknownId, 1);
+                    return;
+                }
+            },
+            ReplyTo::Unknown => {
+                self.ctx
+                    .recorder
+                    .borrow_mut()
+                    .error(ErrorKind::InvalidFrame, 1);
+                return;
+            }
+        };
+        let Some(p) = self.pending.remove(&id) else {
+            self.ctx
+                .recorder
+                .borrow_mut()
+                .error(ErrorKind::UnknownId, 1);
+            return;
+        };
+        self.last_progress = now;
+        let verdict = self.check(&p, body);
+        let mut rec = self.ctx.recorder.borrow_mut();
+        match verdict {
+            Ok(miss) => rec.reply(p.op, p.phase, p.intended, p.sent, now, miss),
+            Err(kind) => rec.error(kind, 1),
+        }
+    }
+
+    /// Whether `body` is a right answer to `p`: `Ok(true)` for an allowed miss.
+    fn check(&mut self, p: &Pending, body: Body<'_>) -> Result<bool, ErrorKind> {
+        let ctx = &*self.ctx;
+        match (p.op, body) {
+            (_, Body::Failed(status)) => Err(ErrorKind::of_status(status)),
+            (_, Body::Invalid) => Err(ErrorKind::InvalidFrame),
+            (LoadOp::Get, Body::NotFound) if !ctx.plan.prefill => Ok(true),
+            (_, Body::NotFound) => Err(ErrorKind::NotFound),
+            (LoadOp::Get, Body::Value { value, key }) => {
+                let expected = write_key(p.arg, ctx.plan.key_size, &mut self.key);
+                let right_key = key.is_none_or(|k| k == expected);
+                if right_key && value_is_intact(expected, value) {
+                    Ok(false)
+                } else {
+                    Err(ErrorKind::CorruptValue)
+                }
+            }
+            (LoadOp::Set, Body::Done) => Ok(false),
+            (LoadOp::Ping, Body::Payload(payload)) => {
+                let offset = p.arg as usize;
+                if ctx.pool.get(offset..offset + p.len) == Some(payload) {
+                    Ok(false)
+                } else {
+                    Err(ErrorKind::WrongPayload)
+                }
+            }
+            (LoadOp::Compute, Body::Digest(digest)) => match ctx.compute.get(p.arg as usize) {
+                Some(case) if case.digest == digest => Ok(false),
+                _ => Err(ErrorKind::WrongDigest),
+            },
+            _ => Err(ErrorKind::WrongBody),
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+type ReadResult = (usize, io::Result<usize>);
+
+/// Waits until one of the sockets has bytes (or is closed), or until `wake`. Returns which
+/// socket and what its read returned, or `None` at `wake`.
+async fn wait_readable(links: &mut [Link], wake: Option<Instant>) -> Option<ReadResult> {
+    let sleep = match wake {
+        Some(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            Some(left)
+        }
+        None => None,
+    };
+    let timer = async move {
+        match sleep {
+            Some(d) => runtime::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+        None
+    };
+    if let [link] = links {
+        let read = async { Some((0, link.conn.read_into(&mut link.input, READ_CHUNK).await)) };
+        return futures_lite::future::or(read, timer).await;
+    }
+    // Several sockets (--shard-aware): poll a read on each; the ones that lose the race are
+    // dropped, which consumes nothing.
+    let mut reads: Vec<Pin<Box<dyn Future<Output = ReadResult> + '_>>> = links
+        .iter_mut()
+        .enumerate()
+        .map(|(i, link)| {
+            let Link { conn, input, .. } = link;
+            Box::pin(async move { (i, conn.read_into(input, READ_CHUNK).await) })
+                as Pin<Box<dyn Future<Output = ReadResult> + '_>>
+        })
+        .collect();
+    let any = poll_fn(|cx| {
+        for read in reads.iter_mut() {
+            if let Poll::Ready(result) = read.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+        }
+        Poll::Pending
+    });
+    futures_lite::future::or(any, timer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(rate: u64, slot: u64, slots: u64, start: Instant, j_end: u64) -> Schedule {
+        Schedule::Open {
+            start,
+            measure_start: start,
+            rate,
+            slot,
+            slots,
+            k: 0,
+            j_end,
+            stop_at: None,
+        }
+    }
+
+    #[test]
+    fn open_schedule_interleaves_connections() {
+        let start = Instant::now();
+        // 4 ops/s over 2 connections: slot 1 sends at 0.25 s, 0.75 s, ...
+        let mut s = open(4, 1, 2, start, 4);
+        assert_eq!(s.next_at(), Some(start + Duration::from_millis(250)));
+        assert!(s.due(start).is_none());
+        let d = s.due(start + Duration::from_secs(5)).unwrap();
+        assert_eq!(d.intended, start + Duration::from_millis(250));
+        assert_eq!(s.next_at(), Some(start + Duration::from_millis(750)));
+        assert_eq!(s.unsent(), 1);
+        assert!(s.due(start + Duration::from_secs(5)).is_some());
+        assert!(s.exhausted(start));
+        assert_eq!(s.unsent(), 0);
+    }
+
+    #[test]
+    fn low_rates_leave_some_connections_idle() {
+        // 1 op/s over 16 connections for 2 s: only slots 0 and 1 ever send.
+        let start = Instant::now();
+        for slot in 0..16 {
+            let s = open(1, slot, 16, start, 2);
+            assert_eq!(s.exhausted(start), slot >= 2, "slot {slot}");
+        }
+    }
+
+    #[test]
+    fn run_schedules_split_the_work() {
+        let args =
+            crate::cli::Args::try_parse_from_for_tests(&["--connections", "3", "--requests", "10"]);
+        let plan = Plan::from_args(args).unwrap();
+        let start = Instant::now();
+        let quotas: Vec<_> = (0..3)
+            .map(|slot| match Schedule::for_run(&plan, slot, start) {
+                Schedule::Closed { quota, .. } => quota.unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(quotas, [4, 3, 3]);
+        let args = crate::cli::Args::try_parse_from_for_tests(&[
+            "--rate",
+            "1000",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+        ]);
+        let plan = Plan::from_args(args).unwrap();
+        match Schedule::for_run(&plan, 0, start) {
+            Schedule::Open { j_end, stop_at, .. } => {
+                assert_eq!(j_end, 2500);
+                assert_eq!(stop_at, Some(start + Duration::from_millis(2500)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

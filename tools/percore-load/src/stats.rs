@@ -1,0 +1,311 @@
+//! What a run counts: per operation, the latency from each request's intended send time (the
+//! coordinated-omission-corrected number), the service time from its actual send, and a
+//! per-second interval histogram; plus replies, misses, errors by kind and how well the open-
+//! loop schedule was kept.
+//!
+//! Each core has one [`Recorder`], shared by its connections through `Rc<RefCell<_>>` (one
+//! thread, no locks). Once a second the core hands its interval to the main thread as a
+//! [`Tick`]; at the end its whole recorder comes back and the main thread merges the cores.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use percore::protocol::Status;
+
+use crate::workload::LoadOp;
+
+/// Latencies are recorded in nanoseconds (what HdrHistogram's log tools assume by default),
+/// up to an hour, with 3 significant digits.
+const HIGHEST_NS: u64 = 3_600_000_000_000;
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+pub fn new_histogram() -> Histogram<u64> {
+    // The bounds are constants that HdrHistogram accepts.
+    Histogram::new_with_bounds(1, HIGHEST_NS, SIGNIFICANT_DIGITS).expect("valid histogram bounds")
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Why a reply was wrong or missing. Any of these makes the exit status non-zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No reply came before the end of the run (or before --timeout without progress).
+    Missing,
+    /// A reply to no request in flight (unknown or repeated id).
+    UnknownId,
+    /// A get found nothing where the keyspace was prefilled (or a ping/set/compute answered
+    /// NotFound).
+    NotFound,
+    BadRequest,
+    TooLarge,
+    Overloaded,
+    ShuttingDown,
+    Internal,
+    /// A status this build does not know.
+    OtherStatus,
+    /// A value whose checksum does not match its key and content.
+    CorruptValue,
+    /// A ping whose payload is not what was sent.
+    WrongPayload,
+    /// A compute whose digest is wrong.
+    WrongDigest,
+    /// A successful reply whose body does not fit the request.
+    WrongBody,
+    /// A frame that does not decode as a reply.
+    InvalidFrame,
+    /// The connection failed or closed (its requests in flight are counted as missing).
+    ConnectionLost,
+    /// A connection made no progress for --timeout (its requests in flight are missing).
+    Timeout,
+}
+
+impl ErrorKind {
+    pub const COUNT: usize = 16;
+    pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
+        ErrorKind::Missing,
+        ErrorKind::UnknownId,
+        ErrorKind::NotFound,
+        ErrorKind::BadRequest,
+        ErrorKind::TooLarge,
+        ErrorKind::Overloaded,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Internal,
+        ErrorKind::OtherStatus,
+        ErrorKind::CorruptValue,
+        ErrorKind::WrongPayload,
+        ErrorKind::WrongDigest,
+        ErrorKind::WrongBody,
+        ErrorKind::InvalidFrame,
+        ErrorKind::ConnectionLost,
+        ErrorKind::Timeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Missing => "missing",
+            ErrorKind::UnknownId => "unknown_id",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Internal => "internal",
+            ErrorKind::OtherStatus => "other_status",
+            ErrorKind::CorruptValue => "corrupt_value",
+            ErrorKind::WrongPayload => "wrong_payload",
+            ErrorKind::WrongDigest => "wrong_digest",
+            ErrorKind::WrongBody => "wrong_body",
+            ErrorKind::InvalidFrame => "invalid_frame",
+            ErrorKind::ConnectionLost => "connection_lost",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+
+    /// The error an unexpected status is counted as.
+    pub fn of_status(status: Status) -> ErrorKind {
+        match status {
+            Status::NotFound => ErrorKind::NotFound,
+            Status::BadRequest => ErrorKind::BadRequest,
+            Status::TooLarge => ErrorKind::TooLarge,
+            Status::Overloaded => ErrorKind::Overloaded,
+            Status::ShuttingDown => ErrorKind::ShuttingDown,
+            Status::Internal => ErrorKind::Internal,
+            _ => ErrorKind::OtherStatus,
+        }
+    }
+}
+
+/// Plain counters, added up across intervals and cores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Correct replies per operation (gets that missed included).
+    pub ops: [u64; LoadOp::COUNT],
+    /// Gets answered NotFound where that is allowed (no --prefill).
+    pub misses: u64,
+    pub errors: [u64; ErrorKind::COUNT],
+    /// Requests sent.
+    pub sent: u64,
+    /// Open loop: requests the schedule asked for that were never sent by the end.
+    pub unsent: u64,
+    /// Open loop: requests sent more than [`crate::conn::LATE_SEND`] after their intended
+    /// time although the pipeline had room: the generator itself fell behind.
+    pub late_sends: u64,
+    /// Open loop: the largest such delay, in nanoseconds.
+    pub max_send_lag_ns: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        for (a, b) in self.ops.iter_mut().zip(&other.ops) {
+            *a += b;
+        }
+        for (a, b) in self.errors.iter_mut().zip(&other.errors) {
+            *a += b;
+        }
+        self.misses += other.misses;
+        self.sent += other.sent;
+        self.unsent += other.unsent;
+        self.late_sends += other.late_sends;
+        self.max_send_lag_ns = self.max_send_lag_ns.max(other.max_send_lag_ns);
+    }
+
+    pub fn total_ops(&self) -> u64 {
+        self.ops.iter().sum()
+    }
+
+    pub fn total_errors(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+}
+
+/// Which part of the run a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Writing the keyspace before the clock starts: checked, never timed.
+    Prefill,
+    /// Before --warmup has passed: checked, shown in the progress lines, not in the results.
+    Warmup,
+    Measured,
+}
+
+/// One core's histograms and counters.
+pub struct Recorder {
+    /// Per operation: response time minus intended send time.
+    pub latency: Vec<Histogram<u64>>,
+    /// Per operation: response time minus actual send time.
+    pub service: Vec<Histogram<u64>>,
+    /// Per operation, corrected, since the last tick (warmup included).
+    pub interval: Vec<Histogram<u64>>,
+    /// Measured requests only (errors are counted in every phase).
+    pub counts: Counts,
+    pub interval_counts: Counts,
+    /// When the last measured reply arrived.
+    pub last_reply: Option<Instant>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        let set = || (0..LoadOp::COUNT).map(|_| new_histogram()).collect();
+        Recorder {
+            latency: set(),
+            service: set(),
+            interval: set(),
+            counts: Counts::default(),
+            interval_counts: Counts::default(),
+            last_reply: None,
+        }
+    }
+
+    /// A correct reply.
+    pub fn reply(
+        &mut self,
+        op: LoadOp,
+        phase: Phase,
+        intended: Instant,
+        sent: Instant,
+        now: Instant,
+        miss: bool,
+    ) {
+        if phase == Phase::Prefill {
+            return;
+        }
+        let corrected = nanos(now.saturating_duration_since(intended));
+        self.interval[op.index()].saturating_record(corrected);
+        self.interval_counts.ops[op.index()] += 1;
+        if phase != Phase::Measured {
+            return;
+        }
+        self.latency[op.index()].saturating_record(corrected);
+        self.service[op.index()].saturating_record(nanos(now.saturating_duration_since(sent)));
+        self.counts.ops[op.index()] += 1;
+        self.counts.misses += u64::from(miss);
+        self.last_reply = Some(now);
+    }
+
+    /// A wrong or missing reply, in any phase.
+    pub fn error(&mut self, kind: ErrorKind, n: u64) {
+        self.counts.errors[kind as usize] += n;
+        self.interval_counts.errors[kind as usize] += n;
+    }
+
+    pub fn sent(&mut self, phase: Phase) {
+        if phase == Phase::Measured {
+            self.counts.sent += 1;
+        }
+    }
+
+    /// Takes what was recorded since the last tick.
+    pub fn take_interval(&mut self) -> (Vec<Histogram<u64>>, Counts) {
+        let histograms = self.interval.clone();
+        for h in &mut self.interval {
+            h.reset();
+        }
+        (histograms, std::mem::take(&mut self.interval_counts))
+    }
+
+    /// Adds another core's results to this one.
+    pub fn merge(&mut self, other: &Recorder) {
+        for (sets, others) in [
+            (&mut self.latency, &other.latency),
+            (&mut self.service, &other.service),
+        ] {
+            for (a, b) in sets.iter_mut().zip(others) {
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = a.add(b);
+            }
+        }
+        self.counts.add(&other.counts);
+        self.last_reply = self.last_reply.max(other.last_reply);
+    }
+}
+
+/// A core's interval, sent to the main thread once a second.
+pub struct Tick {
+    /// The interval ends at measure start + `index` seconds (negative or zero: warmup).
+    pub index: i64,
+    /// When the interval really ended (the last one of a run is short).
+    pub end: Instant,
+    pub latency: Vec<Histogram<u64>>,
+    pub counts: Counts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_measured_replies_reach_the_results() {
+        let mut r = Recorder::new();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(3);
+        let t2 = t0 + Duration::from_millis(5);
+        r.reply(LoadOp::Get, Phase::Prefill, t0, t0, t2, false);
+        r.reply(LoadOp::Get, Phase::Warmup, t0, t0, t2, false);
+        r.reply(LoadOp::Get, Phase::Measured, t0, t1, t2, true);
+        r.error(ErrorKind::CorruptValue, 1);
+        assert_eq!(r.counts.ops[LoadOp::Get.index()], 1);
+        assert_eq!(r.counts.misses, 1);
+        assert_eq!(r.latency[1].len(), 1);
+        // Corrected from the intended time, service time from the real send.
+        assert!(r.latency[1].max() >= 4_990_000);
+        assert!(r.service[1].max() <= 2_010_000);
+        let (interval, counts) = r.take_interval();
+        assert_eq!(interval[1].len(), 2);
+        assert_eq!(counts.errors[ErrorKind::CorruptValue as usize], 1);
+        assert!(r.interval[1].is_empty());
+        let mut total = Recorder::new();
+        total.merge(&r);
+        total.merge(&r);
+        assert_eq!(total.counts.total_ops(), 2);
+        assert_eq!(total.counts.total_errors(), 2);
+        assert_eq!(total.latency[1].len(), 2);
+    }
+}

@@ -1,0 +1,288 @@
+//! Test harness for percore-load: runs the real `percore` server (the sibling of the
+//! percore-load binary in the workspace's target directory) on 127.0.0.1 with ephemeral ports,
+//! runs percore-load against it with a time limit, and parses what it printed and wrote.
+//! Every process started here is killed when its guard drops.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn load_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_percore-load"))
+}
+
+/// The `percore` server binary, built by `cargo build --workspace` next to percore-load.
+pub fn server_bin() -> PathBuf {
+    let load = load_bin();
+    let dir = load.parent().expect("the binary has a directory");
+    let server = dir.join("percore");
+    assert!(
+        server.exists(),
+        "{} is missing: build the whole workspace first (`cargo build --workspace`, or run \
+         `cargo test --workspace`)",
+        server.display()
+    );
+    server
+}
+
+/// A running `percore`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub shard_ports: Vec<u16>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("PERCORE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("percore starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("percore did not print its listening line");
+            }
+        };
+        // "percore listening on 127.0.0.1:PORT with N cores (cpus ..)[, shard ports A..=B]"
+        let addr = first
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"));
+        let shard_ports = match first.split_once("shard ports ") {
+            Some((_, range)) => {
+                let (a, b) = range.split_once("..=").expect("a port range");
+                (a.parse().unwrap()..=b.parse().unwrap()).collect()
+            }
+            None => Vec::new(),
+        };
+        Server {
+            child,
+            addr,
+            shard_ports,
+        }
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A base port such that `n` consecutive ports from it are free right now.
+pub fn free_port_run(n: u16) -> u16 {
+    'search: for _ in 0..200 {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let mut held = Vec::new();
+        for p in base..base + n {
+            match TcpListener::bind(("127.0.0.1", p)) {
+                Ok(l) => held.push(l),
+                Err(_) => continue 'search,
+            }
+        }
+        return base;
+    }
+    panic!("no run of {n} free ports");
+}
+
+/// A scratch directory for one test, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "percore-load-test-{}-{name}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a percore-load run left.
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub json: Option<serde_json::Value>,
+}
+
+impl Run {
+    pub fn json(&self) -> &serde_json::Value {
+        self.json.as_ref().unwrap_or_else(|| {
+            panic!(
+                "no JSON written\nstdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    pub fn assert_clean(&self) {
+        assert!(
+            self.status.success(),
+            "percore-load failed ({})\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        assert_eq!(self.json()["errors_total"], 0, "{}", self.stdout);
+    }
+
+    pub fn errors(&self, kind: &str) -> u64 {
+        self.json()["errors"][kind].as_u64().unwrap()
+    }
+}
+
+/// Kills the load generator if it outlives its test.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs percore-load with `args` (always on one core, JSON to a scratch file), killing it after
+/// `limit`.
+pub fn run_load(args: &[&str], limit: Duration) -> Run {
+    let scratch = Scratch::new("run");
+    let json = scratch.path("out.json");
+    let (stdout, stderr) = (scratch.path("stdout"), scratch.path("stderr"));
+    let child = Command::new(load_bin())
+        .args(["--cores", "1"])
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("percore-load starts");
+    let mut guard = Guard(child);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "percore-load {args:?} ran over {limit:?}\nstderr so far:\n{}",
+                read(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status,
+        stdout: read(&stdout),
+        stderr: read(&stderr),
+        json: std::fs::read_to_string(&json)
+            .ok()
+            .map(|t| serde_json::from_str(&t).expect("--json writes valid JSON")),
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Checks that the JSON's counts agree with each other and with `expected_ops` operations.
+pub fn assert_counts_add_up(json: &serde_json::Value, expected_ops: &[&str]) {
+    let ops = json["ops"].as_u64().unwrap();
+    let by_op = json["ops_by_operation"].as_object().unwrap();
+    let latency = json["latency_us"].as_object().unwrap();
+    let mut names: Vec<&str> = latency.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let mut want = expected_ops.to_vec();
+    want.sort_unstable();
+    assert_eq!(names, want, "operations in latency_us");
+    let sum_by_op: u64 = by_op.values().map(|v| v.as_u64().unwrap()).sum();
+    let sum_counts: u64 = latency.values().map(|v| v["count"].as_u64().unwrap()).sum();
+    assert_eq!(sum_by_op, ops, "ops_by_operation adds up to ops");
+    assert_eq!(sum_counts, ops, "latency counts add up to ops");
+    let errors: u64 = json["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(errors, json["errors_total"].as_u64().unwrap());
+    // Every measured request was answered (or counted as an error).
+    let sent = json["requests_sent"].as_u64().unwrap();
+    assert!(sent >= ops, "sent {sent} < ops {ops}");
+    assert!(
+        sent <= ops + errors,
+        "sent {sent}, ops {ops}, errors {errors}"
+    );
+    let duration = json["duration_s"].as_f64().unwrap();
+    let throughput = json["throughput"].as_f64().unwrap();
+    assert!((throughput * duration - ops as f64).abs() < 1.0 + ops as f64 * 1e-9);
+    for (op, l) in latency {
+        if l["count"].as_u64().unwrap() == 0 {
+            continue;
+        }
+        let p = |k: &str| l[k].as_f64().unwrap();
+        assert!(
+            p("p50") <= p("p90")
+                && p("p90") <= p("p99")
+                && p("p99") <= p("p999")
+                && p("p999") <= p("p9999")
+                && p("p9999") <= p("max"),
+            "{op}: percentiles out of order: {l}"
+        );
+        assert!(p("mean") > 0.0 && p("mean") <= p("max"));
+    }
+}

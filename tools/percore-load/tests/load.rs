@@ -1,0 +1,673 @@
+//! End-to-end tests of percore-load against the real percore server: every workload and its
+//! report, the JSON's arithmetic, the HdrHistogram outputs, shard-aware routing and several
+//! targets, detection of corrupted and missing replies, the coordinated-omission correction
+//! under a stopped server, the accuracy of a fixed rate, and the memcached protocol against an
+//! in-test fake (and a real memcached when one is installed).
+//!
+//! Each test starts its own server(s), so they run in parallel; the load generator always runs
+//! on one core. The whole file takes about 20 s of wall time.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{assert_counts_add_up, free_port_run, run_load, Scratch, Server};
+use percore::protocol::{ReplyView, ResponseView};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn every_workload_runs_clean_and_its_report_adds_up() {
+    let server = Server::start(&["--cores", "2"]);
+    let target = server.target();
+    let common = ["--target", &target, "--connections", "4", "--pipeline", "4"];
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--workload", "ping", "--value-size", "16-300"], &["ping"]),
+        (&["--workload", "set", "--value-size", "8-2000"], &["set"]),
+        (
+            &["--workload", "get", "--prefill", "--keys", "3000"],
+            &["get"],
+        ),
+        (
+            &[
+                "--workload",
+                "mixed",
+                "--mix",
+                "get:80,set:20",
+                "--keys",
+                "5000",
+                "--key-dist",
+                "zipf:0.99",
+            ],
+            &["get", "set"],
+        ),
+        (
+            &[
+                "--workload",
+                "compute",
+                "--compute-algo",
+                "sha256",
+                "--compute-rounds",
+                "3",
+            ],
+            &["compute"],
+        ),
+        (
+            &[
+                "--workload",
+                "mixed",
+                "--mix",
+                "ping:1,get:1,set:1,compute:1",
+                "--prefill",
+                "--keys",
+                "500",
+            ],
+            &["ping", "get", "set", "compute"],
+        ),
+    ];
+    for (args, ops) in cases {
+        let mut all = common.to_vec();
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--duration", "1s"]);
+        let run = run_load(&all, LIMIT);
+        run.assert_clean();
+        let json = run.json();
+        assert_counts_add_up(json, ops);
+        assert!(json["ops"].as_u64().unwrap() > 100, "{args:?}: {json}");
+        assert_eq!(json["duration_s"], 1.0);
+        assert_eq!(json["mode"], "closed");
+        // The text report: throughput, errors, one HdrHistogram table per operation.
+        assert!(run.stdout.contains("Throughput: "), "{}", run.stdout);
+        assert!(run.stdout.contains("Errors: none"));
+        let tables = run
+            .stdout
+            .matches("       Value     Percentile TotalCount 1/(1-Percentile)")
+            .count();
+        assert_eq!(tables, ops.len(), "{}", run.stdout);
+        assert_eq!(run.stdout.matches("#[Mean    =").count(), ops.len());
+        assert_eq!(run.stdout.matches("#[Max     =").count(), ops.len());
+        // A progress line on stderr.
+        assert!(run.stderr.contains(" ops/s  p50 "), "{}", run.stderr);
+        if args.contains(&"--prefill") {
+            assert_eq!(json["get_misses"], 0, "prefilled gets hit");
+        }
+    }
+
+    // --requests: exactly that many measured operations, after an uncounted warmup.
+    let mut all = common.to_vec();
+    all.extend_from_slice(&[
+        "--workload",
+        "ping",
+        "--requests",
+        "3001",
+        "--warmup",
+        "300ms",
+    ]);
+    let run = run_load(&all, LIMIT);
+    run.assert_clean();
+    assert_eq!(run.json()["ops"], 3001);
+    assert_eq!(run.json()["requests_sent"], 3001);
+    assert_counts_add_up(run.json(), &["ping"]);
+}
+
+#[test]
+fn output_files_are_hdrhistogram_formats() {
+    let server = Server::start(&["--cores", "1"]);
+    let scratch = Scratch::new("files");
+    let (hgrm, hlog) = (scratch.path("run.hgrm"), scratch.path("run.hlog"));
+    let run = run_load(
+        &[
+            "--target",
+            &server.target(),
+            "--workload",
+            "mixed",
+            "--prefill",
+            "--keys",
+            "1000",
+            "--rate",
+            "500",
+            "--duration",
+            "2s",
+            "--connections",
+            "4",
+            "--hgrm",
+            hgrm.to_str().unwrap(),
+            "--hlog",
+            hlog.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    run.assert_clean();
+    // --hgrm: all operations, plus one file per operation.
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
+    let total = run.json()["ops"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("Total count    = {total:>12}]")),
+        "{text}"
+    );
+    for op in ["get", "set"] {
+        let per_op = std::fs::read_to_string(scratch.path(&format!("run.{op}.hgrm"))).unwrap();
+        let count = run.json()["latency_us"][op]["count"].as_u64().unwrap();
+        assert!(per_op.contains(&format!("Total count    = {count:>12}]")));
+    }
+    // --hlog: the standard header and legend, then one histogram a second that the
+    // HdrHistogram log reader decodes, adding up to the run's count.
+    let log = std::fs::read(&hlog).unwrap();
+    let head = String::from_utf8_lossy(&log);
+    assert!(head.contains("#[Histogram log format version 1.3]"));
+    assert!(head.contains("#[StartTime: "));
+    assert!(head.contains(
+        "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""
+    ));
+    let mut deserializer = hdrhistogram::serialization::Deserializer::new();
+    let (mut untagged, mut count) = (0, 0);
+    for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&log) {
+        if let hdrhistogram::serialization::interval_log::LogEntry::Interval(i) = entry.unwrap() {
+            let bytes = base64_decode(i.encoded_histogram());
+            let h: hdrhistogram::Histogram<u64> =
+                deserializer.deserialize(&mut bytes.as_slice()).unwrap();
+            if i.tag().is_none() {
+                untagged += 1;
+                count += h.len();
+            }
+        }
+    }
+    assert!(
+        (2..=3).contains(&untagged),
+        "{untagged} intervals in a 2 s run"
+    );
+    assert_eq!(count, total);
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
+#[test]
+fn shard_aware_and_several_targets() {
+    let base = free_port_run(2);
+    let base_arg = base.to_string();
+    let sharded = Server::start(&["--cores", "2", "--shard-ports", &base_arg]);
+    assert_eq!(sharded.shard_ports.len(), 2);
+    let run = run_load(
+        &[
+            "--target",
+            &sharded.target(),
+            "--shard-aware",
+            "--workload",
+            "mixed",
+            "--prefill",
+            "--keys",
+            "2000",
+            "--connections",
+            "4",
+            "--pipeline",
+            "8",
+            "--duration",
+            "1s",
+        ],
+        LIMIT,
+    );
+    run.assert_clean();
+    assert_counts_add_up(run.json(), &["get", "set"]);
+    // Sent straight to the owners: the server forwarded nothing.
+    let stats = percore::runtime::block_on(async {
+        let mut client = percore::client::Client::connect(sharded.addr)
+            .await
+            .unwrap();
+        client.stats().await.unwrap()
+    });
+    let forwarded: u64 = stats.iter().map(|s| s.forwarded).sum();
+    let gets: u64 = stats.iter().map(|s| s.requests_get).sum();
+    assert!(gets > 100);
+    assert_eq!(forwarded, 0, "{stats:?}");
+
+    // Without a shard port, --shard-aware is refused with a reason.
+    let plain = Server::start(&["--cores", "1"]);
+    let refused = run_load(
+        &[
+            "--target",
+            &plain.target(),
+            "--shard-aware",
+            "--workload",
+            "get",
+            "--duration",
+            "1s",
+        ],
+        LIMIT,
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        refused.stderr.contains("--shard-ports"),
+        "{}",
+        refused.stderr
+    );
+
+    // Two targets: both get connections and requests.
+    let other = Server::start(&["--cores", "1"]);
+    let run = run_load(
+        &[
+            "--target",
+            &plain.target(),
+            "--target",
+            &other.target(),
+            "--workload",
+            "set",
+            "--connections",
+            "4",
+            "--duration",
+            "1s",
+        ],
+        LIMIT,
+    );
+    run.assert_clean();
+    for server in [&plain, &other] {
+        let sets: u64 = percore::runtime::block_on(async {
+            let mut client = percore::client::Client::connect(server.addr).await.unwrap();
+            client.stats().await.unwrap()
+        })
+        .iter()
+        .map(|s| s.requests_set)
+        .sum();
+        assert!(sets > 50, "{} served {sets} sets", server.addr);
+    }
+}
+
+/// A TCP proxy to `upstream` that flips one byte inside every `every`-th Value reply, counting
+/// the flips.
+fn corrupting_proxy(upstream: std::net::SocketAddr, every: u64) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let flipped = Arc::new(AtomicU64::new(0));
+    let flips = flipped.clone();
+    std::thread::spawn(move || {
+        let values = Arc::new(AtomicU64::new(0));
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                return;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut s_write);
+            });
+            let (mut s_read, mut c_write) = (server, client);
+            let (values, flips) = (values.clone(), flips.clone());
+            std::thread::spawn(move || loop {
+                let mut prefix = [0u8; 4];
+                if s_read.read_exact(&mut prefix).is_err() {
+                    return;
+                }
+                let mut frame = prefix.to_vec();
+                frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
+                if s_read.read_exact(&mut frame[4..]).is_err() {
+                    return;
+                }
+                let at = match ResponseView::decode(&frame) {
+                    Ok(ResponseView {
+                        body: ReplyView::Value { value, .. },
+                        ..
+                    }) if !value.is_empty() => {
+                        Some(value.as_ptr() as usize - frame.as_ptr() as usize)
+                    }
+                    _ => None,
+                };
+                if let Some(at) = at {
+                    if values.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
+                        frame[at] ^= 0x20;
+                        flips.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                if c_write.write_all(&frame).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (addr, flipped)
+}
+
+#[test]
+fn a_corrupted_value_is_counted_and_fails_the_run() {
+    let server = Server::start(&["--cores", "1"]);
+    let (proxy, flipped) = corrupting_proxy(server.addr, 97);
+    let run = run_load(
+        &[
+            "--target",
+            &proxy,
+            "--workload",
+            "get",
+            "--prefill",
+            "--keys",
+            "500",
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--requests",
+            "3000",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let flipped = flipped.load(Ordering::SeqCst);
+    assert!(flipped >= 30, "{flipped}");
+    assert_eq!(run.errors("corrupt_value"), flipped);
+    assert_eq!(run.json()["errors_total"], flipped);
+    assert_eq!(run.json()["ops"].as_u64().unwrap() + flipped, 3000);
+    assert!(
+        run.stdout.contains(&format!("corrupt_value {flipped}")),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_stopped_server_fills_the_corrected_tail_only() {
+    let server = Server::start(&["--cores", "1"]);
+    let stopper = {
+        let pid = server_pid(&server);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            // SAFETY: kill(2) on the test's own child.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(Duration::from_secs(1));
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        })
+    };
+    let run = run_load(
+        &[
+            "--target",
+            &server.target(),
+            "--workload",
+            "ping",
+            "--rate",
+            "1000",
+            "--duration",
+            "4s",
+            "--connections",
+            "8",
+            "--pipeline",
+            "4",
+        ],
+        LIMIT,
+    );
+    stopper.join().unwrap();
+    run.assert_clean();
+    let json = run.json();
+    assert_eq!(json["mode"], "open");
+    let corrected = &json["latency_us"]["ping"];
+    let service = &json["service_time_us"]["ping"];
+    let corrected_p99 = corrected["p99"].as_f64().unwrap();
+    let service_p50 = service["p50"].as_f64().unwrap();
+    assert!(
+        corrected_p99 >= 500_000.0,
+        "corrected p99 {corrected_p99} us: {json}"
+    );
+    assert!(corrected["max"].as_f64().unwrap() >= 900_000.0, "{json}");
+    assert!(
+        service_p50 < 50_000.0,
+        "uncorrected p50 {service_p50} us: {json}"
+    );
+    // The schedule was kept: every request was sent, and counted once.
+    assert_eq!(json["ops"], 4000);
+    assert_eq!(json["unsent"], 0);
+    assert!(run.stdout.contains("corrected for coordinated omission"));
+    assert!(run
+        .stdout
+        .contains("service time from actual send (uncorrected)"));
+}
+
+fn server_pid(server: &Server) -> i32 {
+    // The listening line came from this child; its pid is what `signal` uses.
+    server.pid()
+}
+
+#[test]
+fn an_unsaturated_fixed_rate_is_achieved() {
+    let server = Server::start(&["--cores", "1"]);
+    // Fewer ops/s than connections at first (a low rate), then a moderate one.
+    for (rate, connections, secs) in [(5u64, 16, 2u64), (2000, 8, 3)] {
+        let run = run_load(
+            &[
+                "--target",
+                &server.target(),
+                "--workload",
+                "ping",
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &format!("{secs}s"),
+                "--connections",
+                &connections.to_string(),
+            ],
+            LIMIT,
+        );
+        run.assert_clean();
+        let json = run.json();
+        let expected = (rate * secs) as f64;
+        let ops = json["ops"].as_f64().unwrap();
+        let throughput = json["throughput"].as_f64().unwrap();
+        assert!(
+            (ops - expected).abs() <= expected * 0.02,
+            "{rate}/s: {ops} ops"
+        );
+        assert!(
+            (throughput - rate as f64).abs() <= rate as f64 * 0.02,
+            "{rate}/s: {throughput}"
+        );
+        assert_eq!(json["unsent"], 0);
+        // Unsaturated: the corrected and uncorrected medians agree (nothing queued).
+        let p50 = json["latency_us"]["ping"]["p50"].as_f64().unwrap();
+        assert!(p50 < 20_000.0, "{rate}/s: p50 {p50} us");
+    }
+}
+
+/// An in-test memcached speaking the text protocol's get and set. `corrupt_every` flips a byte
+/// in every n-th value it returns; `close_after` closes a connection after that many commands.
+fn fake_memcached(corrupt_every: Option<u64>, close_after: Option<u64>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = Arc::new(Mutex::new(HashMap::<Vec<u8>, Vec<u8>>::new()));
+    let gets = Arc::new(AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let (store, gets) = (store.clone(), gets.clone());
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                let mut input = BufReader::new(conn);
+                let mut commands = 0u64;
+                loop {
+                    let mut line = String::new();
+                    if input.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    commands += 1;
+                    if close_after.is_some_and(|n| commands > n) {
+                        return;
+                    }
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let reply = match words.as_slice() {
+                        ["get", key] => match store.lock().unwrap().get(key.as_bytes()) {
+                            Some(v) => {
+                                let mut v = v.clone();
+                                let n = gets.fetch_add(1, Ordering::SeqCst) + 1;
+                                if corrupt_every.is_some_and(|every| n % every == 0) {
+                                    v[0] ^= 1;
+                                }
+                                let mut r = format!("VALUE {key} 0 {}\r\n", v.len()).into_bytes();
+                                r.extend_from_slice(&v);
+                                r.extend_from_slice(b"\r\nEND\r\n");
+                                r
+                            }
+                            None => b"END\r\n".to_vec(),
+                        },
+                        ["set", key, _flags, _ttl, len] => {
+                            let len: usize = len.parse().unwrap();
+                            let mut data = vec![0; len + 2];
+                            if input.read_exact(&mut data).is_err() {
+                                return;
+                            }
+                            data.truncate(len);
+                            store.lock().unwrap().insert(key.as_bytes().to_vec(), data);
+                            b"STORED\r\n".to_vec()
+                        }
+                        _ => b"ERROR\r\n".to_vec(),
+                    };
+                    if out.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+const MEMCACHED_RUN: [&str; 12] = [
+    "--protocol",
+    "memcached",
+    "--workload",
+    "mixed",
+    "--prefill",
+    "--keys",
+    "300",
+    "--connections",
+    "3",
+    "--pipeline",
+    "4",
+    "--value-size",
+];
+
+#[test]
+fn memcached_protocol_against_a_fake() {
+    let target = fake_memcached(None, None);
+    let mut args = MEMCACHED_RUN.to_vec();
+    args.extend_from_slice(&["10-500", "--requests", "2000", "--target", &target]);
+    let run = run_load(&args, LIMIT);
+    run.assert_clean();
+    assert_eq!(run.json()["ops"], 2000);
+    assert_eq!(run.json()["get_misses"], 0);
+    assert_counts_add_up(run.json(), &["get", "set"]);
+
+    // A corrupted value is caught over memcached too.
+    let target = fake_memcached(Some(50), None);
+    let mut args = MEMCACHED_RUN.to_vec();
+    args.extend_from_slice(&["100", "--requests", "2000", "--target", &target]);
+    let run = run_load(&args, LIMIT);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(run.errors("corrupt_value") >= 10, "{}", run.stdout);
+
+    // A server that hangs up: the connection loss and the requests it took are counted.
+    let target = fake_memcached(None, Some(400));
+    let mut args = MEMCACHED_RUN.to_vec();
+    args.extend_from_slice(&["100", "--requests", "3000", "--target", &target]);
+    let run = run_load(&args, LIMIT);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(run.errors("connection_lost") >= 1, "{}", run.stdout);
+    assert!(run.errors("missing") >= 1, "{}", run.stdout);
+}
+
+#[test]
+fn memcached_protocol_against_memcached_if_installed() {
+    let Ok(found) = std::process::Command::new("which")
+        .arg("memcached")
+        .output()
+    else {
+        eprintln!("skipped: `which` is not available to look for memcached");
+        return;
+    };
+    if !found.status.success() {
+        eprintln!("skipped: memcached is not installed (the fake-server test covers the codec)");
+        return;
+    }
+    let port = free_port_run(1).to_string();
+    let child = std::process::Command::new("memcached")
+        .args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "0",
+            "-m",
+            "64",
+            "-u",
+            "nobody",
+        ])
+        .spawn()
+        .expect("memcached starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _memcached = Kill(child);
+    let target = format!("127.0.0.1:{port}");
+    for _ in 0..100 {
+        if TcpStream::connect(&target).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut args = MEMCACHED_RUN.to_vec();
+    args.extend_from_slice(&["10-500", "--duration", "1s", "--target", &target]);
+    let run = run_load(&args, LIMIT);
+    run.assert_clean();
+    assert_counts_add_up(run.json(), &["get", "set"]);
+}
+
+#[test]
+fn help_explains_every_flag_and_its_default() {
+    let out = std::process::Command::new(common::load_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--target",
+        "--cores",
+        "--connections",
+        "--pipeline",
+        "--rate",
+        "--duration",
+        "--requests",
+        "--warmup",
+        "--workload",
+        "--mix",
+        "--keys",
+        "--key-size",
+        "--value-size",
+        "--key-dist",
+        "--prefill",
+        "--shard-aware",
+        "--protocol",
+        "--json",
+        "--hgrm",
+        "--hlog",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(help.contains("[default: 16]"), "{help}");
+    assert!(help.contains("[default: get:90,set:10]"));
+    // A refused command line says why and exits 2.
+    let out = std::process::Command::new(common::load_bin())
+        .args(["--workload", "set", "--value-size", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+}
