@@ -119,3 +119,38 @@ fn sigterm_under_load_answers_everything_read_and_prints_the_report() {
     assert_eq!(reported, answered, "report:\n{out}");
     assert_eq!(report_core_sum(out, "requests"), answered);
 }
+
+/// A second server on a port that is taken says so and exits, instead of sharing the port
+/// through SO_REUSEPORT; so do impossible settings.
+#[test]
+fn a_taken_port_and_bad_settings_are_clear_errors() {
+    let server = Server::start(&["--cores", "1"]);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args(args)
+            .output()
+            .expect("percore runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let taken = server.addr.to_string();
+    let (ok, err) = run(&["--listen", &taken, "--cores", "1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+    let (ok, err) = run(&["--listen", "127.0.0.1:0", "--cores", "4096-4096"]);
+    assert!(!ok);
+    assert!(err.contains("CPU 4096 does not exist"), "{err}");
+    let (ok, err) = run(&["--listen", "127.0.0.1:0", "--memory", "lots"]);
+    assert!(!ok);
+    assert!(err.contains("not a size"), "{err}");
+    // The first server is untouched.
+    block_on(async {
+        let mut c = Client::connect(server.addr).await.unwrap();
+        assert_eq!(c.ping(b"still mine").await.unwrap(), b"still mine");
+    });
+}

@@ -21,15 +21,14 @@ use glommio::{
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(
-        "the memlock limit ({have} bytes) is below the {need} bytes io_uring needs: raise it \
-         with `ulimit -l {need_kib}` (or LimitMEMLOCK= in a systemd unit)",
-        need_kib = need / 1024
+        "the memlock limit is too low for io_uring: raise it to at least 512 KiB with \
+         `ulimit -l 512` (or LimitMEMLOCK= in a systemd unit)"
     )]
-    MemlockTooLow { have: u64, need: u64 },
+    MemlockTooLow { source: std::io::Error },
     #[error(
-        "could not start an io_uring executor on CPU {cpu}: {source}. percore needs Linux 5.8 or \
-         later with io_uring enabled (sysctl kernel.io_uring_disabled=0; containers may block \
-         io_uring in their seccomp profile) and a memlock limit of at least 512 KiB (ulimit -l)"
+        "could not start an io_uring executor on CPU {cpu} (percore needs Linux 5.8 or later \
+         with io_uring enabled: sysctl kernel.io_uring_disabled=0, and containers may block \
+         io_uring in their seccomp profile)"
     )]
     Start { cpu: usize, source: std::io::Error },
     #[error("the executor on CPU {cpu} panicked")]
@@ -37,14 +36,17 @@ pub enum RuntimeError {
 }
 
 fn runtime_error<T>(cpu: usize, err: GlommioError<T>) -> RuntimeError {
-    match err {
-        GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(have, need)) => {
-            RuntimeError::MemlockTooLow { have, need }
-        }
-        other => RuntimeError::Start {
-            cpu,
-            source: std::io::Error::other(other.to_string()),
-        },
+    let text = err.to_string();
+    let source = std::io::Error::other(text.clone());
+    // glommio reports the memlock limit inside an I/O error, so it is recognised by its text.
+    if matches!(
+        err,
+        GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(..))
+    ) || text.contains("MemLockLimit")
+    {
+        RuntimeError::MemlockTooLow { source }
+    } else {
+        RuntimeError::Start { cpu, source }
     }
 }
 

@@ -25,9 +25,26 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> 
     Ok(socket)
 }
 
+/// Fails with `AddrInUse` if any other socket is bound to `addr`.
+///
+/// SO_REUSEPORT lets every socket of the same user that also sets it share a port, so without
+/// this check a second server started on a taken port would silently split its traffic with
+/// the first. A socket bound without SO_REUSEPORT is refused by any socket already there.
+pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&SockAddr::from(addr))
+}
+
 /// Makes `count` listeners sharing one address. With port 0 the first socket picks the port and
 /// the others bind to the same one, so all of them form one SO_REUSEPORT group.
 pub fn reuseport_group(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<Vec<Socket>> {
+    ensure_port_free(addr)?;
     let first = reuseport_listener(addr, backlog)?;
     let bound = first
         .local_addr()?

@@ -53,9 +53,11 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         for i in 0..shards {
             let port = base + i as u16;
             let own = SocketAddr::new(addr.ip(), port);
-            let socket = runtime::net::reuseport_listener(own, backlog).with_context(|| {
-                format!("cannot listen on shard port {own} (--shard-ports {base})")
-            })?;
+            let socket = runtime::net::ensure_port_free(own)
+                .and_then(|()| runtime::net::reuseport_listener(own, backlog))
+                .with_context(|| {
+                    format!("cannot listen on shard port {own} (--shard-ports {base})")
+                })?;
             own_listeners.push(Some(socket));
             shard_ports.push(port);
         }
