@@ -117,6 +117,8 @@ pub struct Client {
     output: BytesMut,
     encoder: RequestEncoder,
     next_id: u64,
+    /// A response's length prefix was invalid; the connection is unusable.
+    broken: bool,
 }
 
 impl Client {
@@ -131,6 +133,7 @@ impl Client {
             output: BytesMut::with_capacity(READ_CHUNK),
             encoder: RequestEncoder::new(),
             next_id: 1,
+            broken: false,
         }
     }
 
@@ -173,6 +176,9 @@ impl Client {
 
     /// The next response from the server.
     pub async fn recv(&mut self) -> Result<Response, ClientError> {
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
         loop {
             match frame::peek(&self.input, MAX_RESPONSE_FRAME) {
                 Ok(Peek::Complete { len }) => {
@@ -185,7 +191,13 @@ impl Client {
                         return Err(ClientError::Closed);
                     }
                 }
-                Err(e) => return Err(InvalidResponse(e.to_string()).into()),
+                Err(e) => {
+                    // The stream's framing is lost: nothing after this can be trusted, so the
+                    // client stops reading rather than misparse what follows.
+                    self.broken = true;
+                    self.input.clear();
+                    return Err(InvalidResponse(format!("bad response framing: {e}")).into());
+                }
             }
         }
     }

@@ -53,3 +53,28 @@ fn every_operation_answers_as_documented() {
         assert!(sum(|s| s.connections) >= 1);
     });
 }
+
+/// A response with a broken length prefix makes the client give up on the connection instead
+/// of misreading whatever follows.
+#[test]
+fn the_client_stops_at_a_broken_response_frame() {
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = fake.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = fake.accept().unwrap();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf);
+        // A zero length prefix, then bytes that would look like a frame.
+        s.write_all(&[0, 0, 0, 0, 8, 0, 0, 0]).unwrap();
+        let _ = s.read(&mut buf);
+    });
+    block_on(async {
+        let mut c = Client::connect(addr).await.unwrap();
+        let first = c.ping(b"x").await;
+        assert!(matches!(first, Err(ClientError::Invalid(_))), "{first:?}");
+        let second = c.ping(b"y").await;
+        assert!(matches!(second, Err(ClientError::Closed)), "{second:?}");
+    });
+    server.join().unwrap();
+}
