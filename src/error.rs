@@ -42,8 +42,6 @@ pub enum RequestError {
     NotFound,
     #[error("the compute queue of this core is full")]
     ComputeQueueFull,
-    #[error("shard memory is full")]
-    StoreFull,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -63,7 +61,7 @@ impl RequestError {
             | InputTooLarge(_)
             | ItemTooLarge(_) => Status::TooLarge,
             NotFound => Status::NotFound,
-            ComputeQueueFull | StoreFull => Status::Overloaded,
+            ComputeQueueFull => Status::Overloaded,
             ShuttingDown => Status::ShuttingDown,
             Internal(_) => Status::Internal,
         }

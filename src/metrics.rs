@@ -173,8 +173,8 @@ impl fmt::Display for ExitReport {
             writeln!(
                 f,
                 "core {:>3} (cpu {:>3}): requests {} connections {} refused {} forwarded {} \
-                 rejected {} unanswered {} items {} bytes {} hits {} misses {} expirations {} \
-                 evictions {}",
+                 rejected {} unanswered {} items {} bytes {} reserved {} hits {} misses {} \
+                 expirations {} evictions {}",
                 m.shard,
                 s.cpu,
                 m.requests.iter().sum::<u64>(),
@@ -185,6 +185,7 @@ impl fmt::Display for ExitReport {
                 m.unanswered,
                 s.store.items,
                 s.store.bytes_used,
+                s.store.bytes_reserved,
                 s.store.hits,
                 s.store.misses,
                 s.store.expirations,

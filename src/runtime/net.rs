@@ -65,6 +65,9 @@ pub fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("socket has no IP address"))
 }
 
+/// Plain `recv` attempts, with a yield between them, before a read waits through io_uring.
+const BUSY_RETRIES: usize = 3;
+
 /// A listener adopted by the current core's executor.
 pub struct Listener {
     inner: glommio::net::TcpListener,
@@ -122,9 +125,16 @@ impl Conn {
     /// read and no io_uring poll.
     pub async fn read_into(&mut self, buf: &mut BytesMut, min_spare: usize) -> io::Result<usize> {
         buf.reserve(min_spare.max(1));
-        match self.try_recv(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
+        for round in 0..=BUSY_RETRIES {
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if round < BUSY_RETRIES {
+                // Let the core's other tasks run; on a busy core data often arrives meanwhile,
+                // and a plain recv is far cheaper than arming an io_uring poll.
+                crate::runtime::yield_now().await;
+            }
         }
         // The socket is empty: wait through glommio by reading a single byte, which arms an
         // io_uring poll for readability, then take whatever else has arrived.

@@ -243,6 +243,9 @@ async fn tick_until_shutdown(shard: &Shard) {
     while !shard.global.shutdown.load(Ordering::Acquire) {
         runtime::sleep(tick).await;
         shard.enforce_timeouts(Instant::now());
+        // Reclaim expired items a bounded slice at a time, so no request waits behind it.
+        let now_ms = shard.now_ms();
+        shard.store.borrow_mut().sweep(now_ms);
     }
 }
 
