@@ -125,28 +125,52 @@ impl Conn {
     /// read and no io_uring poll.
     pub async fn read_into(&mut self, buf: &mut BytesMut, min_spare: usize) -> io::Result<usize> {
         buf.reserve(min_spare.max(1));
+        if let Some(n) = self.try_read_busy(buf).await? {
+            return Ok(n);
+        }
+        match self.wait_readable().await? {
+            None => Ok(0),
+            Some(first) => Ok(self.append_after(first, buf)),
+        }
+    }
+
+    /// Reads what the socket has into the spare capacity of `buf` without waiting for the
+    /// network: a few plain `recv`s with a yield to the core's other tasks between them (on a
+    /// busy core data often arrives meanwhile, and a `recv` is far cheaper than arming an
+    /// io_uring poll). `None` when the socket stayed empty; `Some(0)` at end of stream.
+    pub async fn try_read_busy(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         for round in 0..=BUSY_RETRIES {
             match self.try_recv(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => return other,
+                Ok(n) => return Ok(Some(n)),
+                Err(e) => return Err(e),
             }
             if round < BUSY_RETRIES {
-                // Let the core's other tasks run; on a busy core data often arrives meanwhile,
-                // and a plain recv is far cheaper than arming an io_uring poll.
                 crate::runtime::yield_now().await;
             }
         }
-        // The socket is empty: wait through glommio by reading a single byte, which arms an
-        // io_uring poll for readability, then take whatever else has arrived.
+        Ok(None)
+    }
+
+    /// Waits until data arrives, without holding a buffer meanwhile: it reads the first byte
+    /// through glommio (which arms an io_uring poll) and returns it; `None` at end of stream.
+    /// Dropping the future before it completes consumes nothing.
+    pub async fn wait_readable(&mut self) -> io::Result<Option<u8>> {
         let mut first = [0u8; 1];
-        if self.stream.read(&mut first).await? == 0 {
-            return Ok(0);
+        match self.stream.read(&mut first).await? {
+            0 => Ok(None),
+            _ => Ok(Some(first[0])),
         }
-        buf.put_u8(first[0]);
+    }
+
+    /// Puts the byte [`Self::wait_readable`] returned into `buf` and takes whatever else has
+    /// arrived with it. Returns the bytes added.
+    pub fn append_after(&mut self, first: u8, buf: &mut BytesMut) -> usize {
+        buf.put_u8(first);
         match self.try_recv(buf) {
-            Ok(n) => Ok(1 + n),
+            Ok(n) => 1 + n,
             // An error after a byte arrived shows up again on the next read.
-            Err(_) => Ok(1),
+            Err(_) => 1,
         }
     }
 

@@ -27,8 +27,6 @@ const READ_CHUNK: usize = 16 << 10;
 const MAX_READ_GROWTH: usize = 256 << 10;
 /// Stop answering further frames of a batch once this much output is waiting to be written.
 pub const OUTPUT_SOFT_CAP: usize = 256 << 10;
-/// Buffers that grew past this for a large frame or reply are released once empty.
-const SHRINK_ABOVE: usize = 256 << 10;
 /// After a fatal framing error, how long the server keeps discarding input before closing, so
 /// its last reply is not destroyed by a reset (a close with unread input sends RST).
 const LINGER: Duration = Duration::from_millis(500);
@@ -123,8 +121,10 @@ pub async fn serve(shard: &Rc<Shard>, conn: Conn, shared: &Rc<ConnShared>) {
         shard,
         shared,
         conn,
-        input: BytesMut::with_capacity(READ_CHUNK),
-        output: BytesMut::with_capacity(READ_CHUNK),
+        // Buffers come from the core's pool when there are bytes to hold, and go back when
+        // there are none: an idle connection holds no buffer.
+        input: BytesMut::new(),
+        output: BytesMut::new(),
         replies_buffered: 0,
         inflight: 0,
         peer_closed: false,
@@ -135,12 +135,18 @@ pub async fn serve(shard: &Rc<Shard>, conn: Conn, shared: &Rc<ConnShared>) {
     let lost = s.replies_buffered + s.inflight as u64 + s.whole_frames_buffered();
     shard.metrics.borrow_mut().unanswered += lost;
     s.finish(graceful).await;
+    // Back to the pool for the next connection.
+    s.input.clear();
+    s.output.clear();
+    shard.io_buffers.release_if_empty(&mut s.input);
+    shard.io_buffers.release_if_empty(&mut s.output);
 }
 
 impl Session<'_> {
     /// The read-route-write loop. Returns true when it ended in an orderly way.
     async fn run(&mut self) -> bool {
         loop {
+            self.shard.io_buffers.fill(&mut self.output);
             self.take_completions();
             if !self.framing_broken {
                 self.route_frames().await;
@@ -290,9 +296,7 @@ impl Session<'_> {
         }
         self.output.clear();
         self.replies_buffered = 0;
-        if self.output.capacity() > SHRINK_ABOVE {
-            self.output = BytesMut::with_capacity(READ_CHUNK);
-        }
+        self.shard.io_buffers.release_if_empty(&mut self.output);
         // Waking for close above may have eaten a completion's notification; the main loop
         // always looks at the completion queue before it waits, so none is lost.
         true
@@ -301,9 +305,6 @@ impl Session<'_> {
     /// Reads more input, or returns early when woken (a completion, a close, the drain).
     /// Returns false if the connection failed.
     async fn read_or_wake(&mut self) -> bool {
-        if self.input.is_empty() && self.input.capacity() > SHRINK_ABOVE {
-            self.input = BytesMut::with_capacity(READ_CHUNK);
-        }
         // Grow toward a large frame as its bytes arrive rather than all at once: a bare length
         // prefix must not make the server commit megabytes of buffer.
         let min_spare = match frame::peek(&self.input, self.shard.config.max_frame) {
@@ -314,7 +315,7 @@ impl Session<'_> {
         };
         let shared = self.shared;
         let result = futures_lite::future::or(
-            async { Some(self.conn.read_into(&mut self.input, min_spare).await) },
+            async { Some(self.read(min_spare).await) },
             async {
                 shared.wake.wait().await;
                 None
@@ -335,9 +336,27 @@ impl Session<'_> {
         }
     }
 
+    /// Reads into the input buffer, holding a pooled buffer only while there are bytes: if the
+    /// socket is empty and so is the buffer, the buffer goes back to the pool for the wait.
+    /// Dropping the future at any point loses no byte.
+    async fn read(&mut self, min_spare: usize) -> std::io::Result<usize> {
+        let pool = &self.shard.io_buffers;
+        pool.fill(&mut self.input);
+        self.input.reserve(min_spare);
+        if let Some(n) = self.conn.try_read_busy(&mut self.input).await? {
+            return Ok(n);
+        }
+        pool.release_if_empty(&mut self.input);
+        let Some(first) = self.conn.wait_readable().await? else {
+            return Ok(0);
+        };
+        pool.fill(&mut self.input);
+        Ok(self.conn.append_after(first, &mut self.input))
+    }
+
     /// Closes the connection. After an orderly end the server half-closes and discards input
     /// for a moment, so the client reads every reply before it sees the connection end.
-    async fn finish(mut self, graceful: bool) {
+    async fn finish(&mut self, graceful: bool) {
         if !graceful || self.peer_closed {
             return;
         }

@@ -1,28 +1,31 @@
-//! A per-core pool of byte buffers for requests that leave their connection: a forwarded
-//! key-value request travels to its owner core in one and comes back as the encoded reply in the
-//! same one, and a `Compute` job carries its input and its reply the same way. Once warm, the
-//! pool hands out buffers without touching the allocator.
+//! Per-core pools of byte buffers, so buffers are reused instead of allocated.
+//!
+//! One pool serves requests that leave their connection: a forwarded key-value request travels
+//! to its owner core in a pooled buffer and comes back as the encoded reply in the same one, and
+//! a `Compute` job carries its input and its reply the same way. Another lends connections their
+//! input and output buffers only while they have bytes to hold, so an idle connection holds
+//! none. Once warm, neither touches the allocator.
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-/// Initial capacity of a new buffer: enough for the key, a small value and its reply.
-const BUFFER_CAPACITY: usize = 4 << 10;
-/// Buffers that grew past this (a large value passed through) are freed rather than kept.
-const MAX_KEPT_CAPACITY: usize = 64 << 10;
-
 pub struct BufferPool {
     free: RefCell<Vec<BytesMut>>,
     max_free: usize,
+    capacity: usize,
+    max_kept_capacity: usize,
 }
 
 impl BufferPool {
-    /// A pool that keeps at most `max_free` idle buffers.
-    pub fn new(max_free: usize) -> BufferPool {
+    /// A pool of buffers of `capacity` bytes that keeps at most `max_free` idle ones; a buffer
+    /// that grew past `max_kept_capacity` (a large value passed through) is freed, not kept.
+    pub fn new(max_free: usize, capacity: usize, max_kept_capacity: usize) -> BufferPool {
         BufferPool {
             free: RefCell::new(Vec::with_capacity(max_free)),
             max_free,
+            capacity,
+            max_kept_capacity,
         }
     }
 
@@ -31,13 +34,13 @@ impl BufferPool {
         self.free
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER_CAPACITY))
+            .unwrap_or_else(|| BytesMut::with_capacity(self.capacity))
     }
 
     /// Returns a buffer for reuse.
     pub fn give(&self, mut buf: BytesMut) {
         let mut free = self.free.borrow_mut();
-        if free.len() < self.max_free && buf.capacity() <= MAX_KEPT_CAPACITY {
+        if free.len() < self.max_free && buf.capacity() <= self.max_kept_capacity {
             buf.clear();
             free.push(buf);
         }
@@ -45,5 +48,20 @@ impl BufferPool {
 
     pub fn idle(&self) -> usize {
         self.free.borrow().len()
+    }
+
+    /// Makes sure `buf` has a buffer from the pool (one was given back while it was empty).
+    pub fn fill(&self, buf: &mut BytesMut) {
+        if buf.capacity() == 0 {
+            *buf = self.take();
+        }
+    }
+
+    /// Gives `buf`'s buffer back to the pool if it holds no bytes, leaving an empty one that
+    /// owns no memory.
+    pub fn release_if_empty(&self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > 0 {
+            self.give(std::mem::take(buf));
+        }
     }
 }

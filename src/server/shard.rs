@@ -33,6 +33,12 @@ pub type ShardMeshEnds = MeshEnds<PeerRequest, PeerReply>;
 
 /// Slots per cross-core channel, and so requests one core may have outstanding at another.
 pub const MESH_CAPACITY: usize = 1024;
+/// Capacity of a connection's input or output buffer.
+const IO_BUFFER: usize = 16 << 10;
+/// A connection buffer that grew past this for a large frame or reply is freed, not pooled.
+const IO_BUFFER_KEPT: usize = 256 << 10;
+/// Idle connection buffers a core keeps for reuse (at most 4 MiB of 16 KiB ones).
+const IO_BUFFERS_KEPT: usize = 256;
 /// Shares of the compute task queue; network tasks have glommio's default 1000.
 const COMPUTE_SHARES: usize = 100;
 
@@ -85,6 +91,8 @@ pub struct Shard {
     pub metrics: RefCell<Metrics>,
     pub encoder: RefCell<ResponseEncoder>,
     pub pool: BufferPool,
+    /// Connections' input and output buffers, lent while they hold bytes.
+    pub io_buffers: BufferPool,
     pub mesh: ShardMesh,
     /// Requests sent to other cores and not yet answered, by ticket.
     pub pending: RefCell<Slab<Pending>>,
@@ -161,7 +169,8 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         store: RefCell::new(Store::new(config.memory_per_shard())),
         metrics: RefCell::new(Metrics::new(setup.index as u32)),
         encoder: RefCell::new(ResponseEncoder::new()),
-        pool: BufferPool::new(MESH_CAPACITY + config.compute_queue),
+        pool: BufferPool::new(MESH_CAPACITY + config.compute_queue, 4 << 10, 64 << 10),
+        io_buffers: BufferPool::new(IO_BUFFERS_KEPT, IO_BUFFER, IO_BUFFER_KEPT),
         pending: RefCell::new(Slab::with_capacity(MESH_CAPACITY * mesh.links().count())),
         compute: ComputeQueue::new(config.compute_queue),
         connections: RefCell::new(Slab::new()),
