@@ -314,13 +314,10 @@ impl Session<'_> {
             _ => READ_CHUNK,
         };
         let shared = self.shared;
-        let result = futures_lite::future::or(
-            async { Some(self.read(min_spare).await) },
-            async {
-                shared.wake.wait().await;
-                None
-            },
-        )
+        let result = futures_lite::future::or(async { Some(self.read(min_spare).await) }, async {
+            shared.wake.wait().await;
+            None
+        })
         .await;
         match result {
             None => true,
