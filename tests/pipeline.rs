@@ -183,3 +183,51 @@ fn ttl_expires_items() {
         assert_eq!(stats.iter().map(|s| s.expirations).sum::<u64>(), 1);
     });
 }
+
+/// A store written far past --memory evicts old items instead of refusing writes, keeps the
+/// newest, and its sweep reclaims expired items nobody reads.
+#[test]
+fn a_full_store_evicts_and_the_sweep_reclaims_expired_items() {
+    let server = Server::start(&["--cores", "1", "--memory", "4MiB"]);
+    block_on(async {
+        let mut c = Client::connect(server.addr).await.unwrap();
+        let value = vec![5u8; 10_000];
+        let n = 2_000u32;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+            for i in chunk {
+                let key = format!("fill:{i}");
+                c.send(&Op::Set {
+                    key: key.as_bytes(),
+                    value: &value,
+                    ttl_ms: 0,
+                });
+            }
+            c.flush().await.unwrap();
+            for _ in chunk {
+                assert_eq!(c.recv().await.unwrap().status(), Status::Ok);
+            }
+        }
+        let stats = c.stats().await.unwrap();
+        assert!(stats[0].evictions > 0, "{stats:?}");
+        assert_eq!(stats[0].items + stats[0].evictions, n as u64);
+        assert!(stats[0].bytes_used <= 4 << 20);
+        for i in n - 50..n {
+            let key = format!("fill:{i}");
+            assert_eq!(
+                c.get(key.as_bytes()).await.unwrap().map(|(v, _)| v),
+                Some(value.clone())
+            );
+        }
+
+        for i in 0..100u32 {
+            c.set(format!("ttl:{i}").as_bytes(), b"short-lived", 100)
+                .await
+                .unwrap();
+        }
+        let before = c.stats().await.unwrap()[0].expirations;
+        percore::runtime::sleep(std::time::Duration::from_millis(600)).await;
+        // Nobody read them: only the sweep can have reclaimed them.
+        let after = c.stats().await.unwrap()[0].expirations;
+        assert_eq!(after - before, 100);
+    });
+}
