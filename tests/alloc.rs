@@ -65,8 +65,14 @@ static GLOBAL: Counting = Counting;
 
 const WARMUP: usize = 20_000;
 const MEASURED: usize = 100_000;
-/// Requests in flight per connection: a realistic pipelined client.
-const WINDOW: usize = 32;
+/// Requests each connection sends before reading their replies, in the asserted run. Deep, so
+/// that glommio's per-wait allocations (see the module comment) are spread over many requests
+/// and what remains measures what each request itself allocates: anything percore allocated
+/// per request would show as at least 1.0 per request, whatever the batching.
+const WINDOW: usize = 512;
+/// The same measurement at a shallower pipeline, printed (not asserted) to show the per-wait
+/// cost a lighter load pays.
+const SHALLOW_WINDOW: usize = 32;
 const CONNECTIONS: usize = 4;
 
 #[derive(Clone, Copy, Debug)]
@@ -81,13 +87,19 @@ enum Scenario {
 /// Sends `total` requests of `scenario` on one connection, `WINDOW` at a time, and checks
 /// every reply. `keys` are the keys to use (all owned by one shard); the last one is never
 /// set, for misses.
-async fn drive(addr: SocketAddr, scenario: Scenario, keys: &[Vec<u8>], total: usize) {
+async fn drive(
+    addr: SocketAddr,
+    scenario: Scenario,
+    keys: &[Vec<u8>],
+    total: usize,
+    window: usize,
+) {
     let mut c = Client::connect(addr).await.expect("connect");
     let value = [7u8; 100];
     let (missing, keys) = keys.split_last().expect("keys");
     let mut sent = 0;
     while sent < total {
-        let batch = WINDOW.min(total - sent);
+        let batch = window.min(total - sent);
         let mut expected = Vec::with_capacity(batch);
         for i in sent..sent + batch {
             let key = &keys[i % keys.len()];
@@ -140,7 +152,13 @@ async fn drive(addr: SocketAddr, scenario: Scenario, keys: &[Vec<u8>], total: us
 /// works on its own slice of the keys, in whole Delete/Set rounds, so every reply's status is
 /// known in advance.
 /// Returns the number of requests sent.
-async fn drive_all(addr: SocketAddr, scenario: Scenario, keys: &[Vec<u8>], total: usize) -> usize {
+async fn drive_all(
+    addr: SocketAddr,
+    scenario: Scenario,
+    keys: &[Vec<u8>],
+    total: usize,
+    window: usize,
+) -> usize {
     // The last CONNECTIONS keys are never set: each connection's key for misses.
     let (set_keys, missing) = keys.split_at(keys.len() - CONNECTIONS);
     let mut sent = 0;
@@ -156,9 +174,9 @@ async fn drive_all(addr: SocketAddr, scenario: Scenario, keys: &[Vec<u8>], total
             mine.push(missing[n].clone());
             let per_conn = total / CONNECTIONS / round * round;
             sent += per_conn;
-            percore::runtime::spawn_joinable(
-                async move { drive(addr, scenario, &mine, per_conn).await },
-            )
+            percore::runtime::spawn_joinable(async move {
+                drive(addr, scenario, &mine, per_conn, window).await
+            })
         })
         .collect();
     for t in tasks {
@@ -168,8 +186,9 @@ async fn drive_all(addr: SocketAddr, scenario: Scenario, keys: &[Vec<u8>], total
 }
 
 #[test]
-#[ignore = "fails today: glommio 0.9 allocates on every reactor sleep and readiness poll \
-            (0.04-0.05 per local request, about 0.4 per forwarded one); see issue 4"]
+#[ignore = "fails today, on glommio's side: its reactor allocates per socket wait and per \
+            sleep; with 512-deep pipelines 0.006-0.02 per local request and 0.07-0.09 per \
+            forwarded one remain (see issue 4's note and docs/memory.md)"]
 fn steady_state_requests_do_not_allocate() {
     NOT_COUNTED.with(|n| n.set(true));
     let cores = std::thread::available_parallelism()
@@ -198,8 +217,6 @@ fn steady_state_requests_do_not_allocate() {
         i += 1;
     }
 
-    let mut worst: f64 = 0.0;
-    let mut table = Vec::new();
     // Through shard 0's own port: its keys are local, the other shard's are forwarded.
     let placements: Vec<(&str, usize)> = if cores > 1 {
         vec![("local", 0), ("forwarded", 1)]
@@ -213,40 +230,39 @@ fn steady_state_requests_do_not_allocate() {
         Scenario::GetMiss,
         Scenario::DeleteThenSet,
     ];
+    let mut deep = Vec::new();
     percore::runtime::block_on(async {
-        for &(placement, owner) in &placements {
-            let keys = &owned[owner];
-            for scenario in scenarios {
-                if matches!(scenario, Scenario::Ping | Scenario::GetMiss)
-                    && placement == "forwarded"
-                {
-                    // Ping has no key; a miss for the fixed missing key is placed by its hash.
-                    if matches!(scenario, Scenario::Ping) {
-                        continue;
+        for window in [SHALLOW_WINDOW, WINDOW] {
+            println!("{CONNECTIONS} connections x {window} requests per batch:");
+            for &(placement, owner) in &placements {
+                let keys = &owned[owner];
+                for scenario in scenarios {
+                    if matches!(scenario, Scenario::Ping) && placement == "forwarded" {
+                        continue; // Ping has no key to forward.
+                    }
+                    drive_all(shard_addr(0), Scenario::SetSameSize, keys, WARMUP, window).await;
+                    drive_all(shard_addr(0), scenario, keys, WARMUP, window).await;
+                    let (a0, b0) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+                    let sent = drive_all(shard_addr(0), scenario, keys, MEASURED, window).await;
+                    let (a1, b1) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+                    assert!(sent >= MEASURED * 9 / 10, "{sent} requests measured");
+                    let per_req = (a1 - a0) as f64 / sent as f64;
+                    let bytes = (b1 - b0) as f64 / sent as f64;
+                    let name = format!("{scenario:?} ({placement})");
+                    println!(
+                        "  {name:<26} {sent:>7} requests {:>6} allocations {per_req:>8.5} per request {bytes:>8.2} bytes per request",
+                        a1 - a0
+                    );
+                    if window == WINDOW {
+                        deep.push((name, per_req));
                     }
                 }
-                drive_all(shard_addr(0), Scenario::SetSameSize, keys, WARMUP).await;
-                drive_all(shard_addr(0), scenario, keys, WARMUP).await;
-                let name = format!("{scenario:?} ({placement})");
-                let (a0, b0) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
-                let sent = drive_all(shard_addr(0), scenario, keys, MEASURED).await;
-                let (a1, b1) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
-                assert!(sent >= MEASURED * 9 / 10, "{sent} requests measured");
-                let per_req = (a1 - a0) as f64 / sent as f64;
-                let bytes = (b1 - b0) as f64 / sent as f64;
-                println!(
-                    "{name:<28} {:>7} allocations  {per_req:>8.5} per request  {bytes:>9.2} bytes per request",
-                    a1 - a0
-                );
-                table.push((name, per_req));
-                worst = worst.max(per_req);
             }
         }
     });
     server.shutdown();
     server.wait().expect("clean exit");
-    for (name, per_req) in &table {
+    for (name, per_req) in &deep {
         assert!(*per_req < 0.01, "{name}: {per_req} allocations per request");
     }
-    println!("worst: {worst:.5} allocations per request");
 }

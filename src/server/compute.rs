@@ -81,10 +81,13 @@ pub async fn worker(shard: Rc<Shard>) {
             digest: digest.as_bytes(),
         };
         shard.encoder.borrow_mut().ok(job.id, &reply, &mut job.buf);
-        job.conn.complete(Completion {
-            frame: job.buf,
-            kind: OpKind::Compute,
-            started: job.started,
-        });
+        job.conn.complete(
+            &shard,
+            Completion {
+                frame: job.buf,
+                kind: OpKind::Compute,
+                started: job.started,
+            },
+        );
     }
 }

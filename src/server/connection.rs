@@ -8,7 +8,6 @@
 //! output is over [`OUTPUT_SOFT_CAP`]; nothing queues without bound.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -48,11 +47,16 @@ pub enum CloseReason {
     DrainTimeout,
 }
 
-/// The part of a connection that other tasks on the core reach: its completion queue, its
-/// timestamps for the timeout sweep, and the means to wake or close it.
+/// The part of a connection that other tasks on the core reach: the replies finished away from
+/// it, its timestamps for the timeout sweep, and the means to wake or close it.
 pub struct ConnShared {
     wake: Notify,
-    completions: RefCell<VecDeque<Completion>>,
+    /// Reply frames finished elsewhere, copied in as they arrive so that the pooled buffer they
+    /// came in goes straight back to its pool (the pool then never needs more buffers than can
+    /// be away at once).
+    replies: RefCell<BytesMut>,
+    /// How many replies `replies` holds.
+    completed: Cell<usize>,
     last_active: Cell<Instant>,
     /// When the partial frame now in the buffer started arriving.
     frame_started: Cell<Option<Instant>>,
@@ -63,7 +67,8 @@ impl ConnShared {
     pub fn new(now: Instant) -> ConnShared {
         ConnShared {
             wake: Notify::default(),
-            completions: RefCell::new(VecDeque::new()),
+            replies: RefCell::new(BytesMut::new()),
+            completed: Cell::new(0),
             last_active: Cell::new(now),
             frame_started: Cell::new(None),
             close: Cell::new(None),
@@ -72,9 +77,16 @@ impl ConnShared {
 
     /// Hands a finished reply to the connection. Work finishing counts as activity for
     /// `--idle-timeout`: a connection waiting on its own requests is not idle.
-    pub fn complete(&self, completion: Completion) {
-        self.last_active.set(Instant::now());
-        self.completions.borrow_mut().push_back(completion);
+    pub fn complete(&self, shard: &Shard, completion: Completion) {
+        let now = Instant::now();
+        self.last_active.set(now);
+        let mut replies = self.replies.borrow_mut();
+        shard.io_buffers.fill(&mut replies);
+        replies.extend_from_slice(&completion.frame);
+        shard.pool.give(completion.frame);
+        let elapsed = now.saturating_duration_since(completion.started);
+        shard.metrics.borrow_mut().record(completion.kind, elapsed);
+        self.completed.set(self.completed.get() + 1);
         self.wake.notify();
     }
 
@@ -164,7 +176,7 @@ impl Session<'_> {
             if stopping && self.inflight == 0 && !has_frame {
                 return true;
             }
-            if !self.shared.completions.borrow().is_empty() {
+            if self.shared.completed.get() > 0 {
                 continue;
             }
             let may_read =
@@ -182,19 +194,16 @@ impl Session<'_> {
 
     /// Appends the replies that came back from elsewhere to the output.
     fn take_completions(&mut self) {
-        let mut completions = self.shared.completions.borrow_mut();
-        if completions.is_empty() {
+        let n = self.shared.completed.replace(0);
+        if n == 0 {
             return;
         }
-        let now = Instant::now();
-        let mut metrics = self.shard.metrics.borrow_mut();
-        while let Some(c) = completions.pop_front() {
-            self.output.extend_from_slice(&c.frame);
-            self.shard.pool.give(c.frame);
-            metrics.record(c.kind, now.saturating_duration_since(c.started));
-            self.inflight -= 1;
-            self.replies_buffered += 1;
-        }
+        let mut replies = self.shared.replies.borrow_mut();
+        self.output.extend_from_slice(&replies);
+        replies.clear();
+        self.shard.io_buffers.release_if_empty(&mut replies);
+        self.inflight -= n;
+        self.replies_buffered += n as u64;
     }
 
     /// Answers or routes every whole frame in the input, within the in-flight and output caps.

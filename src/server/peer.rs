@@ -144,11 +144,14 @@ pub async fn receive_replies(shard: Rc<Shard>, link: Rc<ShardLink>) {
                         conn,
                         kind,
                         started,
-                    }) => conn.complete(Completion {
-                        frame,
-                        kind,
-                        started,
-                    }),
+                    }) => conn.complete(
+                        &shard,
+                        Completion {
+                            frame,
+                            kind,
+                            started,
+                        },
+                    ),
                     _ => shard.pool.give(frame),
                 }
             }
@@ -202,9 +205,12 @@ pub async fn gather_stats(shard: Rc<Shard>, conn: Rc<ConnShared>, id: u64, start
         Err(RequestError::ShuttingDown)
     };
     shard.encoder.borrow_mut().encode(id, reply, &mut frame);
-    conn.complete(Completion {
-        frame,
-        kind: OpKind::Stats,
-        started,
-    });
+    conn.complete(
+        &shard,
+        Completion {
+            frame,
+            kind: OpKind::Stats,
+            started,
+        },
+    );
 }

@@ -37,11 +37,15 @@ impl BufferPool {
             .unwrap_or_else(|| BytesMut::with_capacity(self.capacity))
     }
 
-    /// Returns a buffer for reuse.
+    /// Returns a buffer for reuse. A buffer whose front was consumed (`advance`) gets its whole
+    /// allocation back first; one that owns no allocation is not kept.
     pub fn give(&self, mut buf: BytesMut) {
         let mut free = self.free.borrow_mut();
-        if free.len() < self.max_free && buf.capacity() <= self.max_kept_capacity {
-            buf.clear();
+        buf.clear();
+        if free.len() < self.max_free
+            && buf.capacity() <= self.max_kept_capacity
+            && buf.try_reclaim(self.capacity)
+        {
             free.push(buf);
         }
     }
@@ -50,9 +54,10 @@ impl BufferPool {
         self.free.borrow().len()
     }
 
-    /// Makes sure `buf` has a buffer from the pool (one was given back while it was empty).
+    /// Makes sure `buf` has room: an empty buffer whose front was consumed gets its allocation
+    /// back, and one with none (given back while empty) gets a buffer from the pool.
     pub fn fill(&self, buf: &mut BytesMut) {
-        if buf.capacity() == 0 {
+        if buf.is_empty() && !buf.try_reclaim(self.capacity) {
             *buf = self.take();
         }
     }
@@ -60,7 +65,7 @@ impl BufferPool {
     /// Gives `buf`'s buffer back to the pool if it holds no bytes, leaving an empty one that
     /// owns no memory.
     pub fn release_if_empty(&self, buf: &mut BytesMut) {
-        if buf.is_empty() && buf.capacity() > 0 {
+        if buf.is_empty() {
             self.give(std::mem::take(buf));
         }
     }

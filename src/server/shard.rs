@@ -169,7 +169,13 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         store: RefCell::new(Store::new(config.memory_per_shard())),
         metrics: RefCell::new(Metrics::new(setup.index as u32)),
         encoder: RefCell::new(ResponseEncoder::new()),
-        pool: BufferPool::new(MESH_CAPACITY + config.compute_queue, 4 << 10, 64 << 10),
+        // Every buffer that can be away at once: a full mesh link to each peer, a full compute
+        // queue (and the job the worker runs), a Stats gather per connection at most.
+        pool: BufferPool::new(
+            MESH_CAPACITY * (config.shard_count() - 1) + config.compute_queue + 64,
+            4 << 10,
+            64 << 10,
+        ),
         io_buffers: BufferPool::new(IO_BUFFERS_KEPT, IO_BUFFER, IO_BUFFER_KEPT),
         pending: RefCell::new(Slab::with_capacity(MESH_CAPACITY * mesh.links().count())),
         compute: ComputeQueue::new(config.compute_queue),
