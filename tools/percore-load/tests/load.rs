@@ -419,9 +419,12 @@ fn a_stopped_server_fills_the_corrected_tail_only() {
         service_p50 < 50_000.0,
         "uncorrected p50 {service_p50} us: {json}"
     );
-    // The schedule was kept: every request was sent, and counted once.
-    assert_eq!(json["ops"], 4000);
-    assert_eq!(json["unsent"], 0);
+    // The schedule was kept: every request was sent and counted once, but for at most one per
+    // connection whose intended time fell in the run's last instant (see the fixed-rate test).
+    let ops = json["ops"].as_u64().unwrap();
+    let unsent = json["unsent"].as_u64().unwrap();
+    assert!(unsent <= 8, "{unsent} unsent: {json}");
+    assert!(ops.abs_diff(4000) <= 8, "{ops} ops: {json}");
     assert!(run.stdout.contains("corrected for coordinated omission"));
     assert!(run
         .stdout
@@ -466,7 +469,11 @@ fn an_unsaturated_fixed_rate_is_achieved() {
             (throughput - rate as f64).abs() <= rate as f64 * 0.02,
             "{rate}/s: {throughput}"
         );
-        assert_eq!(json["unsent"], 0);
+        // A request whose intended time falls in the run's last instant can meet the deadline
+        // before it is sent (seen once in CI on a loaded machine); more than one per
+        // connection would be a generator that cannot keep up.
+        let unsent = json["unsent"].as_u64().unwrap();
+        assert!(unsent <= connections, "{rate}/s: {unsent} unsent");
         // Unsaturated: the corrected and uncorrected medians agree (nothing queued).
         let p50 = json["latency_us"]["ping"]["p50"].as_f64().unwrap();
         assert!(p50 < 20_000.0, "{rate}/s: p50 {p50} us");
