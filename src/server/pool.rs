@@ -50,10 +50,6 @@ impl BufferPool {
         }
     }
 
-    pub fn idle(&self) -> usize {
-        self.free.borrow().len()
-    }
-
     /// Makes sure `buf` has room: an empty buffer whose front was consumed gets its allocation
     /// back, and one with none (given back while empty) gets a buffer from the pool.
     pub fn fill(&self, buf: &mut BytesMut) {

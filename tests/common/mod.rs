@@ -4,7 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 pub use percore::client::{Client, ClientError};
 pub use percore::protocol::{Algo, Op, Status};
 pub use percore::runtime::block_on;
+
+mod ports;
+pub use ports::free_port_run;
 
 pub struct Server {
     child: Option<Child>,
@@ -120,27 +123,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-/// A base port such that `n` consecutive ports from it are free right now.
-pub fn free_port_run(n: u16) -> u16 {
-    'search: for _ in 0..200 {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(n).is_none() {
-            continue;
-        }
-        let mut held = Vec::new();
-        for p in base..base + n {
-            match TcpListener::bind(("127.0.0.1", p)) {
-                Ok(l) => held.push(l),
-                Err(_) => continue 'search,
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free ports");
 }
 
 /// How many cores the tests run the server on: two where the machine has them.

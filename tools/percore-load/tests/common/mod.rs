@@ -6,12 +6,17 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// The server's harness has the same need; one implementation serves both.
+#[path = "../../../../tests/common/ports.rs"]
+mod ports;
+pub use ports::free_port_run;
 
 pub fn load_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_percore-load"))
@@ -103,27 +108,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A base port such that `n` consecutive ports from it are free right now.
-pub fn free_port_run(n: u16) -> u16 {
-    'search: for _ in 0..200 {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(n).is_none() {
-            continue;
-        }
-        let mut held = Vec::new();
-        for p in base..base + n {
-            match TcpListener::bind(("127.0.0.1", p)) {
-                Ok(l) => held.push(l),
-                Err(_) => continue 'search,
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free ports");
 }
 
 /// A scratch directory for one test, removed on drop.
