@@ -208,6 +208,12 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub backlog: Option<u32>,
 
+    /// How long a core keeps polling its sockets after the last arrival before it sleeps:
+    /// longer spends more CPU on a quiet core, shorter pays a wake-up more often under load;
+    /// 0 never polls [default: 200us]
+    #[arg(long, value_name = "DUR")]
+    pub idle_poll: Option<Dur>,
+
     /// Read settings from this TOML file (same names as the options)
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -229,6 +235,7 @@ pub struct Config {
     pub compute_queue: usize,
     pub drain_timeout: Duration,
     pub backlog: u32,
+    pub idle_poll: Duration,
 }
 
 impl Options {
@@ -271,6 +278,7 @@ impl Options {
             compute_queue: pick!(compute_queue, 256),
             drain_timeout: pick!(drain_timeout, Dur(Duration::from_secs(5))).0,
             backlog: pick!(backlog, 1024),
+            idle_poll: pick!(idle_poll, Dur(crate::runtime::poller::DEFAULT_IDLE_POLL)).0,
         };
         config.validate()?;
         Ok(config)
@@ -296,6 +304,9 @@ impl Config {
         }
         if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
             bail!("--idle-timeout and --frame-timeout must be above zero");
+        }
+        if self.idle_poll > Duration::from_secs(1) {
+            bail!("--idle-poll must be at most 1s: a quiet core spins for that long");
         }
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             bail!("--backlog must be between 1 and {}", i32::MAX);

@@ -2,12 +2,14 @@
 //!
 //! glommio is lightly maintained, so everything that depends on its executor, sockets and
 //! channels lives here behind a few small types: [`Executor`] (one pinned thread per core),
-//! [`net`] (listeners made with socket2 and the connection type), [`mesh`] (bounded cross-core
+//! [`net`] (listeners made with socket2 and the connection type), [`poller`] (socket readiness
+//! through one epoll set while the core is busy), [`mesh`] (bounded cross-core
 //! request/reply channels that cannot deadlock), and a handful of task helpers. The rest of the
 //! crate is plain async Rust and `Rc`/`RefCell` state owned by one core.
 
 pub mod mesh;
 pub mod net;
+pub mod poller;
 
 use std::future::Future;
 use std::time::Duration;

@@ -5,10 +5,13 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::rc::Rc;
 
 use bytes::{BufMut, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+use super::poller::{self, Poller, Readiness};
 
 /// Makes a listening socket on `addr` with SO_REUSEPORT and SO_REUSEADDR, so that every core
 /// can bind its own listener to the same address and the kernel spreads connections.
@@ -65,9 +68,6 @@ pub fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("socket has no IP address"))
 }
 
-/// Plain `recv` attempts, with a yield between them, before a read waits through io_uring.
-const BUSY_RETRIES: usize = 3;
-
 /// A listener adopted by the current core's executor.
 pub struct Listener {
     inner: glommio::net::TcpListener,
@@ -84,22 +84,51 @@ impl Listener {
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<Conn> {
         let stream = self.inner.accept().await.map_err(io::Error::from)?;
-        Ok(Conn { stream })
+        Conn::new(stream)
     }
 }
 
 /// One TCP connection, owned by the core that accepted or opened it.
+///
+/// Reads go through the core's [`Poller`] while the core is busy and through glommio's io_uring
+/// poll when it is quiet (see [`super::poller`]); writes go through glommio, which sends at
+/// once and polls only when the socket buffer is full.
 pub struct Conn {
     stream: glommio::net::TcpStream,
+    poller: Rc<Poller>,
+    token: usize,
+    /// A byte taken by a wait through glommio (which can only wait by reading), not yet handed
+    /// to the caller.
+    stash: Option<u8>,
+    /// A wait through glommio found the end of the stream.
+    eof: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.poller.deregister(self.token, self.stream.as_raw_fd());
+    }
 }
 
 impl Conn {
+    fn new(stream: glommio::net::TcpStream) -> io::Result<Conn> {
+        let poller = poller::current()?;
+        let token = poller.register(stream.as_raw_fd())?;
+        Ok(Conn {
+            stream,
+            poller,
+            token,
+            stash: None,
+            eof: false,
+        })
+    }
+
     /// Opens a connection to `addr` with TCP_NODELAY set.
     pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
         let stream = glommio::net::TcpStream::connect(addr)
             .await
             .map_err(io::Error::from)?;
-        let conn = Conn { stream };
+        let conn = Conn::new(stream)?;
         conn.set_nodelay()?;
         Ok(conn)
     }
@@ -119,66 +148,75 @@ impl Conn {
 
     /// Reads what the socket has into the spare capacity of `buf` (reserving `min_spare` bytes
     /// first), waiting until at least one byte arrives. Returns 0 at end of stream.
-    ///
-    /// It tries a plain non-blocking `recv` first and falls back to glommio's io_uring
-    /// readiness wait only when the socket is empty, so a busy connection costs one syscall per
-    /// read and no io_uring poll.
     pub async fn read_into(&mut self, buf: &mut BytesMut, min_spare: usize) -> io::Result<usize> {
-        buf.reserve(min_spare.max(1));
-        if let Some(n) = self.try_read_busy(buf).await? {
-            return Ok(n);
-        }
-        match self.wait_readable().await? {
-            None => Ok(0),
-            Some(first) => Ok(self.append_after(first, buf)),
+        loop {
+            buf.reserve(min_spare.max(1));
+            if let Some(n) = self.try_read(buf)? {
+                return Ok(n);
+            }
+            self.readable().await?;
         }
     }
 
-    /// Reads what the socket has into the spare capacity of `buf` without waiting for the
-    /// network: a few plain `recv`s with a yield to the core's other tasks between them (on a
-    /// busy core data often arrives meanwhile, and a `recv` is far cheaper than arming an
-    /// io_uring poll). `None` when the socket stayed empty; `Some(0)` at end of stream.
-    pub async fn try_read_busy(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-        for round in 0..=BUSY_RETRIES {
-            match self.try_recv(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Ok(n) => return Ok(Some(n)),
-                Err(e) => return Err(e),
-            }
-            if round < BUSY_RETRIES {
-                crate::runtime::yield_now().await;
-            }
+    /// Reads what the socket has into the spare capacity of `buf` without waiting: `None` when
+    /// there is nothing yet, `Some(0)` at end of stream. Costs no syscall when the core's poller
+    /// knows the socket is drained.
+    pub fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        let mut taken = 0;
+        if let Some(byte) = self.stash.take() {
+            buf.put_u8(byte);
+            taken = 1;
         }
-        Ok(None)
+        if self.eof {
+            return Ok(Some(taken));
+        }
+        let some = |n: usize| if n > 0 { Some(n) } else { None };
+        if !self.poller.is_ready(self.token) || buf.capacity() == buf.len() {
+            return Ok(some(taken));
+        }
+        let spare = buf.capacity() - buf.len();
+        match self.recv(buf) {
+            Ok(0) => Ok(Some(taken)),
+            Ok(n) => {
+                // A stream socket hands over all it has, up to the room given: a short read
+                // drained it, and the next arrival raises a new edge-triggered event.
+                if n < spare {
+                    self.poller.drained(self.token);
+                }
+                Ok(Some(taken + n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.poller.drained(self.token);
+                Ok(some(taken))
+            }
+            // An error after a byte arrived shows up again on the next read.
+            Err(_) if taken > 0 => Ok(Some(taken)),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Waits until data arrives, without holding a buffer meanwhile: it reads the first byte
-    /// through glommio (which arms an io_uring poll) and returns it; `None` at end of stream.
-    /// Dropping the future before it completes consumes nothing.
-    pub async fn wait_readable(&mut self) -> io::Result<Option<u8>> {
+    /// Waits until [`Self::try_read`] may find something, without holding a buffer meanwhile.
+    /// Dropping the future before it completes loses nothing.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        if self.stash.is_some() || self.eof {
+            return Ok(());
+        }
+        if self.poller.wait(self.token).await == Readiness::Ready {
+            return Ok(());
+        }
+        // The core is going quiet: wait through glommio, which can only wait by reading. The
+        // byte it takes is kept in the same poll that receives it, so none is lost.
         let mut first = [0u8; 1];
         match self.stream.read(&mut first).await? {
-            0 => Ok(None),
-            _ => Ok(Some(first[0])),
+            0 => self.eof = true,
+            _ => self.stash = Some(first[0]),
         }
-    }
-
-    /// Puts the byte [`Self::wait_readable`] returned into `buf` and takes whatever else has
-    /// arrived with it. Returns the bytes added.
-    pub fn append_after(&mut self, first: u8, buf: &mut BytesMut) -> usize {
-        buf.put_u8(first);
-        match self.try_recv(buf) {
-            Ok(n) => 1 + n,
-            // An error after a byte arrived shows up again on the next read.
-            Err(_) => 1,
-        }
+        self.poller.mark_ready(self.token);
+        Ok(())
     }
 
     /// One non-blocking `recv` into the spare capacity of `buf`.
-    fn try_recv(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() == buf.len() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
+    fn recv(&self, buf: &mut BytesMut) -> io::Result<usize> {
         // SAFETY: the fd belongs to `self.stream`, which outlives this borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
         let socket = SockRef::from(&fd);

@@ -347,17 +347,15 @@ impl Session<'_> {
     /// Dropping the future at any point loses no byte.
     async fn read(&mut self, min_spare: usize) -> std::io::Result<usize> {
         let pool = &self.shard.io_buffers;
-        pool.fill(&mut self.input);
-        self.input.reserve(min_spare);
-        if let Some(n) = self.conn.try_read_busy(&mut self.input).await? {
-            return Ok(n);
+        loop {
+            pool.fill(&mut self.input);
+            self.input.reserve(min_spare);
+            if let Some(n) = self.conn.try_read(&mut self.input)? {
+                return Ok(n);
+            }
+            pool.release_if_empty(&mut self.input);
+            self.conn.readable().await?;
         }
-        pool.release_if_empty(&mut self.input);
-        let Some(first) = self.conn.wait_readable().await? else {
-            return Ok(0);
-        };
-        pool.fill(&mut self.input);
-        Ok(self.conn.append_after(first, &mut self.input))
     }
 
     /// Closes the connection. After an orderly end the server half-closes and discards input

@@ -160,6 +160,7 @@ pub struct ShardSetup {
 pub async fn run(setup: ShardSetup) -> ShardReport {
     let mesh = setup.mesh.connect().await;
     let config = setup.config;
+    runtime::poller::set_idle_poll(config.idle_poll);
     let shard = Rc::new(Shard {
         index: setup.index,
         count: config.shard_count(),
