@@ -82,6 +82,9 @@ impl Metrics {
             items: store.items,
             bytes_used: store.bytes_used,
             forwarded: self.forwarded,
+            // Filled by the shard, which owns the pools.
+            buffers_lent: 0,
+            buffers_free: 0,
         }
     }
 }

@@ -3,25 +3,7 @@
 
 mod common;
 use common::*;
-use flatbuffers::FlatBufferBuilder;
 use percore::protocol::fb;
-
-/// Encodes a Request whose op is built by `build`, as a whole size-prefixed frame.
-fn raw_request(
-    id: u64,
-    build: impl FnOnce(
-        &mut FlatBufferBuilder<'static>,
-    ) -> (
-        fb::Op,
-        Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>>,
-    ),
-) -> Vec<u8> {
-    let mut fbb = FlatBufferBuilder::new();
-    let (op_type, op) = build(&mut fbb);
-    let root = fb::Request::create(&mut fbb, &fb::RequestArgs { id, op_type, op });
-    fbb.finish_size_prefixed(root, Some("PCRQ"));
-    fbb.finished_data().to_vec()
-}
 
 /// Sends one frame and returns the reply's (id, status, error).
 async fn answer(c: &mut Client, frame: &[u8]) -> (u64, Status, String) {

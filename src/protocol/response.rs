@@ -30,6 +30,11 @@ pub struct ShardStats {
     pub items: u64,
     pub bytes_used: u64,
     pub forwarded: u64,
+    /// Buffers of this core's pools lent out now; back to its idle level when no work is in
+    /// progress (a higher level at rest means buffers that never came back).
+    pub buffers_lent: u64,
+    /// Buffers idle in this core's pools, kept for reuse.
+    pub buffers_free: u64,
 }
 
 impl ShardStats {
@@ -53,6 +58,8 @@ impl ShardStats {
             items: s.items(),
             bytes_used: s.bytes_used(),
             forwarded: s.forwarded(),
+            buffers_lent: s.buffers_lent(),
+            buffers_free: s.buffers_free(),
         }
     }
 
@@ -76,6 +83,8 @@ impl ShardStats {
             items: self.items,
             bytes_used: self.bytes_used,
             forwarded: self.forwarded,
+            buffers_lent: self.buffers_lent,
+            buffers_free: self.buffers_free,
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct ConnShared {
     /// When the partial frame now in the buffer started arriving.
     frame_started: Cell<Option<Instant>>,
     close: Cell<Option<CloseReason>>,
+    /// The connection's task has ended; replies that still come back have nowhere to go.
+    ended: Cell<bool>,
 }
 
 impl ConnShared {
@@ -72,12 +74,19 @@ impl ConnShared {
             last_active: Cell::new(now),
             frame_started: Cell::new(None),
             close: Cell::new(None),
+            ended: Cell::new(false),
         }
     }
 
     /// Hands a finished reply to the connection. Work finishing counts as activity for
     /// `--idle-timeout`: a connection waiting on its own requests is not idle.
     pub fn complete(&self, shard: &Shard, completion: Completion) {
+        if self.ended.get() {
+            // Counted as unanswered when the task ended. Copying it into `replies` would take
+            // a pooled buffer that nobody gives back (tests/hostile.rs, vanishing clients).
+            shard.pool.give(completion.frame);
+            return;
+        }
         let now = Instant::now();
         self.last_active.set(now);
         let mut replies = self.replies.borrow_mut();
@@ -152,6 +161,11 @@ pub async fn serve(shard: &Rc<Shard>, conn: Conn, shared: &Rc<ConnShared>) {
     s.output.clear();
     shard.io_buffers.release_if_empty(&mut s.input);
     shard.io_buffers.release_if_empty(&mut s.output);
+    // Replies that came back after the task stopped taking them: their buffer goes back too.
+    shared.ended.set(true);
+    let mut replies = shared.replies.borrow_mut();
+    replies.clear();
+    shard.io_buffers.release_if_empty(&mut replies);
 }
 
 impl Session<'_> {

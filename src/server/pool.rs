@@ -5,8 +5,12 @@
 //! a `Compute` job carries its input and its reply the same way. Another lends connections their
 //! input and output buffers only while they have bytes to hold, so an idle connection holds
 //! none. Once warm, neither touches the allocator.
+//!
+//! Each pool counts the buffers it has lent and not yet got back, which `Stats` reports as
+//! `buffers_lent`: at rest it returns to its idle level, so a buffer that is dropped instead of
+//! given back (a leak of the pool, if not of memory) shows.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bytes::BytesMut;
 
@@ -15,6 +19,8 @@ pub struct BufferPool {
     max_free: usize,
     capacity: usize,
     max_kept_capacity: usize,
+    /// Buffers handed out by `take` and not yet given back.
+    lent: Cell<usize>,
 }
 
 impl BufferPool {
@@ -26,11 +32,23 @@ impl BufferPool {
             max_free,
             capacity,
             max_kept_capacity,
+            lent: Cell::new(0),
         }
+    }
+
+    /// Buffers lent out now.
+    pub fn lent(&self) -> usize {
+        self.lent.get()
+    }
+
+    /// Idle buffers kept for reuse.
+    pub fn free(&self) -> usize {
+        self.free.borrow().len()
     }
 
     /// An empty buffer.
     pub fn take(&self) -> BytesMut {
+        self.lent.set(self.lent.get() + 1);
         self.free
             .borrow_mut()
             .pop()
@@ -40,12 +58,15 @@ impl BufferPool {
     /// Returns a buffer for reuse. A buffer whose front was consumed (`advance`) gets its whole
     /// allocation back first; one that owns no allocation is not kept.
     pub fn give(&self, mut buf: BytesMut) {
-        let mut free = self.free.borrow_mut();
         buf.clear();
-        if free.len() < self.max_free
-            && buf.capacity() <= self.max_kept_capacity
-            && buf.try_reclaim(self.capacity)
-        {
+        // Only a buffer that owns its allocation can be reclaimed; one that owns none (what
+        // `release_if_empty` leaves behind) was never lent, so it does not count as returned.
+        if !buf.try_reclaim(self.capacity) {
+            return;
+        }
+        self.lent.set(self.lent.get().saturating_sub(1));
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.max_free && buf.capacity() <= self.max_kept_capacity {
             free.push(buf);
         }
     }
@@ -64,5 +85,33 @@ impl BufferPool {
         if buf.is_empty() {
             self.give(std::mem::take(buf));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[test]
+    fn lent_counts_buffers_out_and_back() {
+        let pool = BufferPool::new(4, 64, 256);
+        let mut a = BytesMut::new();
+        pool.fill(&mut a);
+        assert_eq!((pool.lent(), pool.free()), (1, 0));
+        // Consumed to its end: no capacity left, but it still owns its allocation.
+        a.extend_from_slice(&[1; 64]);
+        a.advance(64);
+        pool.release_if_empty(&mut a);
+        assert_eq!((pool.lent(), pool.free()), (0, 1));
+        // What release_if_empty leaves owns nothing: giving it again returns nothing.
+        pool.release_if_empty(&mut a);
+        assert_eq!((pool.lent(), pool.free()), (0, 1));
+        // A buffer that grew past the kept size comes back (counted) and is freed.
+        let mut big = pool.take();
+        assert_eq!((pool.lent(), pool.free()), (1, 0));
+        big.reserve(1024);
+        pool.give(big);
+        assert_eq!((pool.lent(), pool.free()), (0, 0));
     }
 }

@@ -112,7 +112,10 @@ impl Shard {
 
     pub fn shard_stats(&self) -> ShardStats {
         let store = self.store.borrow().stats();
-        self.metrics.borrow().shard_stats(&store)
+        let mut stats = self.metrics.borrow().shard_stats(&store);
+        stats.buffers_lent = (self.pool.lent() + self.io_buffers.lent()) as u64;
+        stats.buffers_free = (self.pool.free() + self.io_buffers.free()) as u64;
+        stats
     }
 
     fn begin_drain(&self) {

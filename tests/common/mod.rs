@@ -17,6 +17,27 @@ pub use percore::runtime::block_on;
 mod ports;
 pub use ports::free_port_run;
 
+use flatbuffers::FlatBufferBuilder;
+use percore::protocol::fb;
+
+/// Encodes a Request whose op is built by `build`, as a whole size-prefixed frame with the
+/// `PCRQ` identifier. For requests a well-behaved client would not send.
+pub fn raw_request(
+    id: u64,
+    build: impl FnOnce(
+        &mut FlatBufferBuilder<'static>,
+    ) -> (
+        fb::Op,
+        Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>>,
+    ),
+) -> Vec<u8> {
+    let mut fbb = FlatBufferBuilder::new();
+    let (op_type, op) = build(&mut fbb);
+    let root = fb::Request::create(&mut fbb, &fb::RequestArgs { id, op_type, op });
+    fbb.finish_size_prefixed(root, Some("PCRQ"));
+    fbb.finished_data().to_vec()
+}
+
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,

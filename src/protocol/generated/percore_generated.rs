@@ -1917,6 +1917,8 @@ impl<'a> ShardStats<'a> {
   pub const VT_ITEMS: ::flatbuffers::VOffsetT = 34;
   pub const VT_BYTES_USED: ::flatbuffers::VOffsetT = 36;
   pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 38;
+  pub const VT_BUFFERS_LENT: ::flatbuffers::VOffsetT = 40;
+  pub const VT_BUFFERS_FREE: ::flatbuffers::VOffsetT = 42;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1928,6 +1930,8 @@ impl<'a> ShardStats<'a> {
     args: &'args ShardStatsArgs
   ) -> ::flatbuffers::WIPOffset<ShardStats<'bldr>> {
     let mut builder = ShardStatsBuilder::new(_fbb);
+    builder.add_buffers_free(args.buffers_free);
+    builder.add_buffers_lent(args.buffers_lent);
     builder.add_forwarded(args.forwarded);
     builder.add_bytes_used(args.bytes_used);
     builder.add_items(args.items);
@@ -2076,6 +2080,20 @@ impl<'a> ShardStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ShardStats::VT_FORWARDED, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn buffers_lent(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_BUFFERS_LENT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn buffers_free(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_BUFFERS_FREE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardStats<'_> {
@@ -2102,6 +2120,8 @@ impl ::flatbuffers::Verifiable for ShardStats<'_> {
      .visit_field::<u64>("items", Self::VT_ITEMS, false)?
      .visit_field::<u64>("bytes_used", Self::VT_BYTES_USED, false)?
      .visit_field::<u64>("forwarded", Self::VT_FORWARDED, false)?
+     .visit_field::<u64>("buffers_lent", Self::VT_BUFFERS_LENT, false)?
+     .visit_field::<u64>("buffers_free", Self::VT_BUFFERS_FREE, false)?
      .finish();
     Ok(())
   }
@@ -2125,6 +2145,8 @@ pub struct ShardStatsArgs {
     pub items: u64,
     pub bytes_used: u64,
     pub forwarded: u64,
+    pub buffers_lent: u64,
+    pub buffers_free: u64,
 }
 impl<'a> Default for ShardStatsArgs {
   #[inline]
@@ -2148,6 +2170,8 @@ impl<'a> Default for ShardStatsArgs {
       items: 0,
       bytes_used: 0,
       forwarded: 0,
+      buffers_lent: 0,
+      buffers_free: 0,
     }
   }
 }
@@ -2230,6 +2254,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardStatsBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ShardStats::VT_FORWARDED, forwarded, 0);
   }
   #[inline]
+  pub fn add_buffers_lent(&mut self, buffers_lent: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_BUFFERS_LENT, buffers_lent, 0);
+  }
+  #[inline]
+  pub fn add_buffers_free(&mut self, buffers_free: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_BUFFERS_FREE, buffers_free, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardStatsBuilder {
@@ -2265,6 +2297,8 @@ impl ::core::fmt::Debug for ShardStats<'_> {
       ds.field("items", &self.items());
       ds.field("bytes_used", &self.bytes_used());
       ds.field("forwarded", &self.forwarded());
+      ds.field("buffers_lent", &self.buffers_lent());
+      ds.field("buffers_free", &self.buffers_free());
       ds.finish()
   }
 }
