@@ -719,22 +719,36 @@ fn sigterm_under_full_load_loses_no_reply_the_server_read() {
     );
 }
 
-/// A server that answers every request `ShuttingDown`, as a stopping percore answers what it
-/// can no longer run, and counts the requests it read.
-fn shutting_down_server() -> (String, Arc<AtomicU64>) {
+/// What the fake server of [`stopping_server`] saw.
+#[derive(Default)]
+struct Seen {
+    /// Requests read on the connection answered `ShuttingDown`.
+    refused: u64,
+    /// Pings read on the other connections, in all and when that one reached EOF.
+    pings: u64,
+    pings_at_eof: Option<u64>,
+}
+
+/// A server that answers pings, but every request on its first connection `ShuttingDown`, as
+/// a stopping percore answers what it can no longer run.
+fn stopping_server() -> (String, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let read = Arc::new(AtomicU64::new(0));
-    let counter = read.clone();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shared = seen.clone();
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
+        for (n, conn) in listener.incoming().enumerate() {
             let Ok(mut conn) = conn else { return };
-            let read = counter.clone();
+            let seen = shared.clone();
             std::thread::spawn(move || {
                 let mut encoder = percore::protocol::ResponseEncoder::new();
                 loop {
                     let mut prefix = [0u8; 4];
                     if conn.read_exact(&mut prefix).is_err() {
+                        if n == 0 {
+                            let mut seen = seen.lock().unwrap();
+                            seen.pings_at_eof = Some(seen.pings);
+                        }
                         return;
                     }
                     let mut frame = prefix.to_vec();
@@ -742,11 +756,21 @@ fn shutting_down_server() -> (String, Arc<AtomicU64>) {
                     if conn.read_exact(&mut frame[4..]).is_err() {
                         return;
                     }
-                    read.fetch_add(1, Ordering::SeqCst);
-                    let id = Request::decode(&frame).map(|r| r.id).unwrap_or(0);
+                    let request = Request::decode(&frame).unwrap();
                     let mut out = bytes::BytesMut::new();
-                    let error = percore::error::RequestError::ShuttingDown;
-                    encoder.error(id, &error, &mut out);
+                    match (n, request.op) {
+                        (0, _) => {
+                            seen.lock().unwrap().refused += 1;
+                            let error = percore::error::RequestError::ShuttingDown;
+                            encoder.error(request.id, &error, &mut out);
+                        }
+                        (_, Op::Ping { payload }) => {
+                            seen.lock().unwrap().pings += 1;
+                            let reply = percore::protocol::Reply::Ping { payload };
+                            encoder.ok(request.id, &reply, &mut out);
+                        }
+                        (_, op) => panic!("a ping workload sent {op:?}"),
+                    }
                     if conn.write_all(&out).is_err() {
                         return;
                     }
@@ -754,41 +778,48 @@ fn shutting_down_server() -> (String, Arc<AtomicU64>) {
             });
         }
     });
-    (addr, read)
+    (addr, seen)
 }
 
 #[test]
-fn shutting_down_replies_are_counted_apart_and_stop_the_connection() {
-    let (target, read) = shutting_down_server();
+fn shutting_down_replies_are_counted_apart_and_end_the_connection() {
+    let (target, seen) = stopping_server();
     let run = run_load(
         &[
             "--target",
             &target,
             "--workload",
-            "mixed",
+            "ping",
             "--connections",
             "3",
             "--pipeline",
             "4",
             "--duration",
-            "2s",
+            "1s",
         ],
         LIMIT,
     );
-    // Not an error: exit 0, no error counted; every request got its ShuttingDown.
+    // Not an error: exit 0, no error counted; every request on the first connection got its
+    // ShuttingDown, and the others ran.
     run.assert_clean();
     let json = run.json();
-    let read = read.load(Ordering::SeqCst);
-    assert_eq!(json["shutting_down"], read, "{}", run.stdout);
-    assert_eq!(json["requests_sent"], read);
-    assert_eq!(json["ops"], 0);
+    let seen = seen.lock().unwrap();
+    assert_eq!(json["shutting_down"], seen.refused, "{}", run.stdout);
     assert_eq!(json["lost"], 0);
-    // Each connection stopped sending at its first ShuttingDown: it sent its first pipeline
-    // (4 requests, written at once) and nothing after.
-    assert_eq!(read, 3 * 4);
+    assert_eq!(json["ops"], seen.pings);
+    assert!(seen.pings > 1000, "{} pings", seen.pings);
+    // The first connection stopped sending at its first ShuttingDown: it sent its first
+    // pipeline (4 requests, written at once) and nothing after, and was closed as soon as
+    // their replies were in, while the others were still sending (not at the run's end).
+    assert_eq!(seen.refused, 4);
+    let at_eof = seen.pings_at_eof.expect("EOF on the refused connection");
     assert!(
-        run.stdout
-            .contains(&format!("ShuttingDown replies: {read} (not errors")),
+        at_eof * 2 < seen.pings,
+        "EOF after {at_eof} of {} pings",
+        seen.pings
+    );
+    assert!(
+        run.stdout.contains("ShuttingDown replies: 4 (not errors"),
         "{}",
         run.stdout
     );
