@@ -836,9 +836,9 @@ enum End {
     TimedOut,
 }
 
-/// The key among slot `slot`'s own (those equal to `slot` modulo `slots`) nearest below or at
-/// `key`, so that a drawn key keeps about its rank (Zipf) while each key has one writer.
-/// Needs `keys >= slots`, which the plan checks.
+/// Slot `slot`'s own key (one equal to `slot` modulo `slots`) in the block of `slots` keys
+/// that `key` falls in, so that a drawn key keeps about its rank (Zipf) while each key has one
+/// writer. Needs `keys >= slots`, which the plan checks.
 fn own_key(key: u64, slot: u64, slots: u64, keys: u64) -> u64 {
     let own = key - key % slots + slot;
     if own < keys {
