@@ -589,7 +589,9 @@ fn verify_keys_reads_back_every_acknowledged_set() {
     );
     assert_eq!(other_errors(run.json(), &["verify_stale"]), []);
 
-    // A store too small for the keyspace evicts: acknowledged sets are then missing.
+    // A store too small for the keyspace evicts: acknowledged sets are then missing. One
+    // connection, so the read-back starts after the last set and the store holds at most
+    // what fits in its 1 MiB then.
     let small = Server::start(&["--cores", "1", "--memory", "1MiB"]);
     let run = run_load(
         &[
@@ -602,9 +604,9 @@ fn verify_keys_reads_back_every_acknowledged_set() {
             "--value-size",
             "1000",
             "--connections",
-            "2",
+            "1",
             "--pipeline",
-            "8",
+            "16",
             "--requests",
             "8000",
             "--verify-keys",
@@ -614,12 +616,14 @@ fn verify_keys_reads_back_every_acknowledged_set() {
     assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
     let missing = run.errors("verify_missing");
     let checked = run.json()["verify"]["checked"].as_u64().unwrap();
-    // 4 MB of values cannot fit in 1 MiB.
-    assert!(missing * 2 > checked, "{missing} of {checked} missing");
-    assert_eq!(
-        run.json()["verify"]["verified"].as_u64().unwrap() + missing,
-        checked
+    let verified = run.json()["verify"]["verified"].as_u64().unwrap();
+    assert_eq!(verified + missing, checked);
+    // Each item takes at least its 16-byte key and 1000-byte value.
+    assert!(
+        verified <= (1 << 20) / 1016,
+        "{verified} of {checked} verified"
     );
+    assert!(checked > 3000, "{checked} keys set");
     assert_eq!(other_errors(run.json(), &["verify_missing"]), []);
 }
 
@@ -651,14 +655,18 @@ fn sigterm_under_full_load_loses_no_reply_the_server_read() {
         "--duration",
         "60s",
     ]);
-    // Full load is flowing once a progress line shows thousands of replies a second.
+    // Full load is flowing once the progress lines (one a second, each its second's rate)
+    // add up to thousands of replies.
     load.wait_for_stderr(LIMIT, |stderr| {
-        stderr.lines().any(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "ops/s");
-            at.and_then(|i| words.get(i.checked_sub(1)?)?.parse::<f64>().ok())
-                .is_some_and(|ops| ops > 1000.0)
-        })
+        let replies: f64 = stderr
+            .lines()
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == "ops/s")?;
+                words.get(at.checked_sub(1)?)?.parse::<f64>().ok()
+            })
+            .sum();
+        replies > 5000.0
     });
     let stopped = server.stop(LIMIT);
     // The server's close ends every connection, so the run ends long before its 60 s.
@@ -689,7 +697,7 @@ fn sigterm_under_full_load_loses_no_reply_the_server_read() {
          ShuttingDown, lost {lost}, closed clean {}",
         json["closed_clean"]
     );
-    assert!(ops > 10_000, "the load ran: {ops} replies");
+    assert!(ops > 4_000, "the load ran: {ops} replies");
     // Every reply was right, and every request the server read got one: none is missing.
     assert_eq!(
         other_errors(json, &["lost", "connection_lost"]),
@@ -807,7 +815,7 @@ fn shutting_down_replies_are_counted_apart_and_end_the_connection() {
     assert_eq!(json["shutting_down"], seen.refused, "{}", run.stdout);
     assert_eq!(json["lost"], 0);
     assert_eq!(json["ops"], seen.pings);
-    assert!(seen.pings > 1000, "{} pings", seen.pings);
+    assert!(seen.pings > 100, "{} pings", seen.pings);
     // The first connection stopped sending at its first ShuttingDown: it sent its first
     // pipeline (4 requests, written at once) and nothing after, and was closed as soon as
     // their replies were in, while the others were still sending (not at the run's end).
