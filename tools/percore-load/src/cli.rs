@@ -26,8 +26,10 @@ use crate::workload::{min_key_size, KeyDist, LoadOp, Mix, ValueSize, CHECKSUM_LE
 /// service time from the actual send is kept too.
 ///
 /// Every reply is checked: matched by id, expected status, and each value's checksum (values
-/// end with a CRC-32C over key and content). Wrong or missing replies are counted by kind and
-/// make the exit status 1.
+/// end with a CRC-32C over key and content). Wrong replies, and requests lost with their
+/// connection (written, no reply when it ended), are counted by kind and make the exit
+/// status 1. A connection the server closes after answering everything sent is a clean end;
+/// a `ShuttingDown` reply is not an error (that connection sends nothing more).
 ///
 /// A progress line goes to stderr every second; at the end, throughput, errors and per
 /// operation the HdrHistogram percentile distribution (latency in milliseconds) go to stdout.
@@ -99,6 +101,14 @@ pub struct Args {
     #[arg(long)]
     pub prefill: bool,
 
+    /// After the run, read back every key a set was acknowledged for and check that it holds
+    /// the last acknowledged value, byte for byte. So that the last one is known, each key is
+    /// then set by one connection only (connection i sets the keys equal to i modulo
+    /// --connections; gets still read any key), which keeps its sets in order; a missing key
+    /// or another value is an error
+    #[arg(long)]
+    pub verify_keys: bool,
+
     /// Learn the topology with Hello and send each key straight to the core that owns it,
     /// through the server's --shard-ports
     #[arg(long)]
@@ -117,7 +127,7 @@ pub struct Args {
     pub compute_rounds: u32,
 
     /// Give up on a connection whose requests in flight get no reply for this long (they
-    /// count as missing)
+    /// count as lost)
     #[arg(long, value_name = "DUR", default_value = "5s")]
     pub timeout: Dur,
 
@@ -184,6 +194,7 @@ pub struct Plan {
     pub value_size: ValueSize,
     pub key_dist: KeyDist,
     pub prefill: bool,
+    pub verify_keys: bool,
     pub shard_aware: bool,
     pub protocol: ProtocolKind,
     pub compute_algo: Algo,
@@ -263,6 +274,14 @@ impl Plan {
                 "--prefill writes values, which are at least {CHECKSUM_LEN} bytes (--value-size)"
             );
         }
+        if args.verify_keys {
+            if !ops.contains(&LoadOp::Set) && !args.prefill {
+                bail!("--verify-keys reads back acknowledged sets: use --prefill or a workload with set");
+            }
+            if args.keys < args.connections as u64 {
+                bail!("--verify-keys gives each connection its own keys to set: --keys must be at least --connections");
+            }
+        }
         if args.compute_rounds == 0 || args.compute_rounds > MAX_COMPUTE_ROUNDS {
             bail!("--compute-rounds must be 1..={MAX_COMPUTE_ROUNDS}");
         }
@@ -295,6 +314,7 @@ impl Plan {
             value_size: args.value_size,
             key_dist: args.key_dist,
             prefill: args.prefill,
+            verify_keys: args.verify_keys,
             shard_aware: args.shard_aware,
             protocol: args.protocol,
             compute_algo: match args.compute_algo {
@@ -335,7 +355,7 @@ impl Plan {
             self.pipeline,
             self.cpus.len(),
             if self.shard_aware { ", shard-aware" } else { "" },
-        )
+        ) + if self.verify_keys { ", verify-keys" } else { "" }
     }
 }
 
@@ -368,6 +388,12 @@ mod tests {
         assert!(plan(&["--requests", "5", "--duration", "1s"]).is_err());
         assert!(plan(&["--keys", "1000000", "--key-size", "4"]).is_err());
         assert!(plan(&["--workload", "set", "--value-size", "2"]).is_err());
+        assert!(
+            plan(&["--workload", "get", "--verify-keys"]).is_err(),
+            "no sets"
+        );
+        assert!(plan(&["--workload", "set", "--verify-keys", "--keys", "15"]).is_err());
+        assert!(plan(&["--workload", "get", "--prefill", "--verify-keys"]).is_ok());
         assert!(
             plan(&["--protocol", "memcached"]).is_err(),
             "ping over memcached"

@@ -8,6 +8,14 @@
 //! writes once, then waits for whichever comes first: a reply, the next intended send time,
 //! the end of the run, or `--timeout` without progress. Waiting on a read and a timer together
 //! is safe because `Conn::read_into` consumes nothing until it completes.
+//!
+//! How a connection ends is counted: closed by the server with nothing in flight (a clean end,
+//! as in a shutdown that answered everything sent), or with requests in flight, which are then
+//! lost. A `ShuttingDown` reply is no error; the slot sends nothing more after one.
+//!
+//! With `--verify-keys` a slot sets only its own keys (those equal to its index modulo the
+//! connections), remembers per key the last acknowledged set by request id (its sets of a key
+//! reach the owner core in the order sent), and after the run reads every such key back.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use percore::client::{Client, Topology};
+use percore::protocol::Status;
 use percore::runtime::{self, net::Conn};
 
 use crate::cli::{Plan, Stop};
@@ -98,6 +107,8 @@ impl CoreCtx {
 pub enum Schedule {
     /// Set keys `next`, `next + step`, ... below `end`, as fast as replies come.
     Prefill { next: u64, step: u64, end: u64 },
+    /// Get `keys[next..]`, as fast as replies come (--verify-keys).
+    Verify { keys: Vec<u64>, next: usize },
     /// As fast as replies come, until `end` or until `quota` measured requests were sent.
     Closed {
         measure_start: Instant,
@@ -191,6 +202,15 @@ impl Schedule {
                     key: Some(key),
                 })
             }
+            Schedule::Verify { keys, next } => {
+                let key = keys[*next];
+                *next += 1;
+                Some(Due {
+                    intended: now,
+                    phase: Phase::Verify,
+                    key: Some(key),
+                })
+            }
             Schedule::Closed {
                 measure_start,
                 quota,
@@ -263,7 +283,7 @@ impl Schedule {
         match self {
             Schedule::Closed { end, .. } => *end,
             Schedule::Open { stop_at, .. } => *stop_at,
-            Schedule::Prefill { .. } => None,
+            Schedule::Prefill { .. } | Schedule::Verify { .. } => None,
         }
     }
 
@@ -274,6 +294,7 @@ impl Schedule {
         }
         match self {
             Schedule::Prefill { next, end, .. } => next >= end,
+            Schedule::Verify { keys, next } => *next >= keys.len(),
             Schedule::Closed { quota, .. } => *quota == Some(0),
             Schedule::Open {
                 slot,
@@ -326,14 +347,27 @@ struct Pending {
     sent: Instant,
     /// Get/set: the key's index; ping: the payload's offset in the pool; compute: the case.
     arg: u64,
-    /// Ping: the payload's length.
+    /// Ping: the payload's length; set: the value's.
     len: usize,
+    /// Set: where the value's content starts in the pool.
+    content: usize,
+}
+
+/// The last acknowledged set of one key (--verify-keys): enough to write its value again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acked {
+    /// The set's request id; 0 for a key never acknowledged (ids start at 1).
+    id: u64,
+    content: u32,
+    len: u32,
 }
 
 /// Everything about a slot but its sockets, so replies borrowed from a socket's buffer can be
 /// checked against it.
 struct Book {
     ctx: Rc<CoreCtx>,
+    /// This slot's index among all connections.
+    index: u64,
     codec: Codec,
     pending: HashMap<u64, Pending>,
     /// Memcached answers in order: the ids in flight on each socket, oldest first.
@@ -344,13 +378,18 @@ struct Book {
     value: Vec<u8>,
     key: [u8; 250],
     last_progress: Instant,
+    /// A `ShuttingDown` reply came: send nothing more, collect what is in flight.
+    stopping: bool,
+    /// --verify-keys: the last acknowledged set of each of this slot's keys, key `index +
+    /// i * connections` at `i`; empty without the flag.
+    acked: Vec<Acked>,
 }
 
 /// A load-generating connection.
 pub struct Slot {
     links: Vec<Link>,
     book: Book,
-    /// A slot whose connection failed stops; its requests were counted as missing.
+    /// A slot whose connection ended stops; its requests in flight were counted as lost.
     dead: bool,
 }
 
@@ -398,7 +437,17 @@ impl Slot {
             });
         }
         let rng = fastrand::Rng::with_seed(plan.seed.wrapping_add((index as u64 + 1) << 32));
+        let acked = if plan.verify_keys {
+            let slots = plan.connections as u64;
+            let own = plan.keys.saturating_sub(index as u64).div_ceil(slots);
+            vec![Acked::default(); own as usize]
+        } else {
+            Vec::new()
+        };
         let book = Book {
+            index: index as u64,
+            stopping: false,
+            acked,
             codec: Codec::new(plan.protocol),
             pending: HashMap::with_capacity(plan.pipeline.max(PREFILL_PIPELINE)),
             fifos: links.iter().map(|_| VecDeque::new()).collect(),
@@ -437,6 +486,31 @@ impl Slot {
         self.book.ctx.recorder.borrow_mut().counts.unsent += unsent;
     }
 
+    /// --verify-keys: reads back every key of this slot with an acknowledged set. Run after
+    /// [`Slot::run`], when all of this slot's sets have been answered; no other slot sets
+    /// these keys, so each must hold exactly its last acknowledged value.
+    pub async fn verify(&mut self) {
+        let slots = self.book.ctx.plan.connections as u64;
+        let keys: Vec<u64> = (0u64..)
+            .zip(&self.book.acked)
+            .filter(|(_, a)| a.id != 0)
+            .map(|(i, _)| self.book.index + i * slots)
+            .collect();
+        let mut schedule = Schedule::Verify { keys, next: 0 };
+        if !self.book.stopping {
+            let pipeline = self.book.ctx.plan.pipeline.max(PREFILL_PIPELINE);
+            self.drive(&mut schedule, pipeline).await;
+        }
+        // Keys not read back because the connection ended (or the server is stopping).
+        if let Schedule::Verify { keys, next } = &schedule {
+            let left = (keys.len() - next) as u64;
+            if left > 0 {
+                let mut rec = self.book.ctx.recorder.borrow_mut();
+                rec.error(ErrorKind::Unverified, left);
+            }
+        }
+    }
+
     async fn drive(&mut self, schedule: &mut Schedule, pipeline: usize) {
         if self.dead {
             return;
@@ -449,7 +523,7 @@ impl Slot {
         let mut was_full = false;
         loop {
             let now = Instant::now();
-            while self.book.pending.len() < pipeline {
+            while !self.book.stopping && self.book.pending.len() < pipeline {
                 let Some(due) = schedule.due(now) else { break };
                 if open && due.phase != Phase::Prefill {
                     let lag = now.saturating_duration_since(due.intended.max(room_since));
@@ -470,12 +544,12 @@ impl Slot {
                     continue;
                 }
                 if link.conn.write_all(&link.output).await.is_err() {
-                    self.lose(ErrorKind::ConnectionLost);
+                    self.end(End::Failed);
                     return;
                 }
                 link.output.clear();
             }
-            let exhausted = schedule.exhausted(Instant::now());
+            let exhausted = self.book.stopping || schedule.exhausted(Instant::now());
             if exhausted && self.book.pending.is_empty() {
                 return;
             }
@@ -496,17 +570,21 @@ impl Slot {
                     if !self.book.pending.is_empty()
                         && Instant::now() >= self.book.last_progress + timeout
                     {
-                        self.lose(ErrorKind::Timeout);
+                        self.end(End::TimedOut);
                         return;
                     }
                 }
-                Some((_, Ok(0))) | Some((_, Err(_))) => {
-                    self.lose(ErrorKind::ConnectionLost);
+                Some((_, Ok(0))) => {
+                    self.end(End::Closed);
+                    return;
+                }
+                Some((_, Err(_))) => {
+                    self.end(End::Failed);
                     return;
                 }
                 Some((i, Ok(_))) => {
                     if self.take_replies(i).is_err() {
-                        self.lose(ErrorKind::ConnectionLost);
+                        self.end(End::Failed);
                         return;
                     }
                     if was_full && self.book.pending.len() < pipeline {
@@ -534,11 +612,19 @@ impl Slot {
         }
     }
 
-    /// The connection is gone: everything in flight is missing.
-    fn lose(&mut self, kind: ErrorKind) {
+    /// The connection is over: every request in flight is lost. The server closing it with
+    /// nothing in flight is a clean end, not an error.
+    fn end(&mut self, how: End) {
+        let lost = self.book.pending.len() as u64;
         let mut rec = self.book.ctx.recorder.borrow_mut();
-        rec.error(kind, 1);
-        rec.error(ErrorKind::Missing, self.book.pending.len() as u64);
+        match how {
+            End::Closed if lost == 0 => rec.counts.closed_clean += 1,
+            End::Closed | End::Failed => rec.error(ErrorKind::ConnectionLost, 1),
+            End::TimedOut => rec.error(ErrorKind::Timeout, 1),
+        }
+        if lost > 0 {
+            rec.error(ErrorKind::Lost, lost);
+        }
         self.book.pending.clear();
         self.dead = true;
     }
@@ -548,15 +634,16 @@ impl Slot {
         let book = &mut self.book;
         let ctx = &*book.ctx;
         let plan = &ctx.plan;
-        let op = if due.phase == Phase::Prefill {
-            LoadOp::Set
-        } else {
-            plan.mix.pick(&mut book.rng)
+        let op = match due.phase {
+            Phase::Prefill => LoadOp::Set,
+            Phase::Verify => LoadOp::Get,
+            Phase::Warmup | Phase::Measured => plan.mix.pick(&mut book.rng),
         };
         let id = book.next_id;
         book.next_id += 1;
         let arg;
         let mut len = 0;
+        let mut content = 0;
         let mut key_bytes: Option<&[u8]> = None;
         let request = match op {
             LoadOp::Ping => {
@@ -568,7 +655,10 @@ impl Slot {
                 }
             }
             LoadOp::Get | LoadOp::Set => {
-                let index = due.key.unwrap_or_else(|| ctx.keys.sample(&mut book.rng));
+                let mut index = due.key.unwrap_or_else(|| ctx.keys.sample(&mut book.rng));
+                if op == LoadOp::Set && !book.acked.is_empty() {
+                    index = own_key(index, book.index, plan.connections as u64, plan.keys);
+                }
                 arg = index;
                 let key = write_key(index, plan.key_size, &mut book.key);
                 key_bytes = Some(key);
@@ -577,6 +667,7 @@ impl Slot {
                 } else {
                     let size = plan.value_size.pick(&mut book.rng);
                     let offset = book.rng.usize(0..=ctx.pool.len() - size);
+                    (len, content) = (size, offset);
                     make_value(key, &ctx.pool[offset..], size, &mut book.value);
                     Request::Set {
                         key,
@@ -617,9 +708,14 @@ impl Slot {
                 sent: now,
                 arg,
                 len,
+                content,
             },
         );
-        ctx.recorder.borrow_mut().sent(due.phase);
+        let mut rec = ctx.recorder.borrow_mut();
+        rec.sent(due.phase);
+        if due.phase == Phase::Verify {
+            rec.counts.verify_checked += 1;
+        }
     }
 }
 
@@ -653,9 +749,28 @@ impl Book {
             return;
         };
         self.last_progress = now;
+        if let Body::Failed(Status::ShuttingDown) = body {
+            // Not run: the server is stopping. Nothing more goes to it on this connection.
+            self.ctx.recorder.borrow_mut().counts.shutting_down += 1;
+            self.stopping = true;
+            return;
+        }
         let verdict = self.check(&p, body);
+        if verdict.is_ok() && p.op == LoadOp::Set && !self.acked.is_empty() {
+            // A later id is a later set of the key on this connection: it is the newer value.
+            let slots = self.ctx.plan.connections as u64;
+            let acked = &mut self.acked[(p.arg / slots) as usize];
+            if id > acked.id {
+                *acked = Acked {
+                    id,
+                    content: p.content as u32,
+                    len: p.len as u32,
+                };
+            }
+        }
         let mut rec = self.ctx.recorder.borrow_mut();
         match verdict {
+            Ok(_) if p.phase == Phase::Verify => rec.counts.verified += 1,
             Ok(miss) => rec.reply(p.op, p.phase, p.intended, p.sent, now, miss),
             Err(kind) => rec.error(kind, 1),
         }
@@ -667,15 +782,29 @@ impl Book {
         match (p.op, body) {
             (_, Body::Failed(status)) => Err(ErrorKind::of_status(status)),
             (_, Body::Invalid) => Err(ErrorKind::InvalidFrame),
+            (LoadOp::Get, Body::NotFound) if p.phase == Phase::Verify => {
+                Err(ErrorKind::VerifyMissing)
+            }
             (LoadOp::Get, Body::NotFound) if !ctx.plan.prefill => Ok(true),
             (_, Body::NotFound) => Err(ErrorKind::NotFound),
             (LoadOp::Get, Body::Value { value, key }) => {
                 let expected = write_key(p.arg, ctx.plan.key_size, &mut self.key);
                 let right_key = key.is_none_or(|k| k == expected);
-                if right_key && value_is_intact(expected, value) {
+                if !right_key || !value_is_intact(expected, value) {
+                    return Err(ErrorKind::CorruptValue);
+                }
+                if p.phase != Phase::Verify {
+                    return Ok(false);
+                }
+                // Intact; now it must be the very value of the last acknowledged set.
+                let slots = ctx.plan.connections as u64;
+                let last = self.acked[(p.arg / slots) as usize];
+                let (at, len) = (last.content as usize, last.len as usize);
+                make_value(expected, &ctx.pool[at..], len, &mut self.value);
+                if value == self.value.as_slice() {
                     Ok(false)
                 } else {
-                    Err(ErrorKind::CorruptValue)
+                    Err(ErrorKind::VerifyStale)
                 }
             }
             (LoadOp::Set, Body::Done) => Ok(false),
@@ -693,6 +822,31 @@ impl Book {
             },
             _ => Err(ErrorKind::WrongBody),
         }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The server closed it (EOF).
+    Closed,
+    /// A read or write failed, or the reply stream broke.
+    Failed,
+    /// No reply for --timeout.
+    TimedOut,
+}
+
+/// Slot `slot`'s own key (one equal to `slot` modulo `slots`) in the block of `slots` keys
+/// that `key` falls in, so that a drawn key keeps about its rank (Zipf) while each key has one
+/// writer. Needs `keys >= slots`, which the plan checks.
+fn own_key(key: u64, slot: u64, slots: u64, keys: u64) -> u64 {
+    let own = key - key % slots + slot;
+    if own < keys {
+        own
+    } else {
+        // Past the end only when key's block is the last, partial one; the block before it is
+        // whole because keys >= slots.
+        own - slots
     }
 }
 
@@ -782,6 +936,29 @@ mod tests {
         assert!(s.due(start + Duration::from_secs(5)).is_some());
         assert!(s.exhausted(start));
         assert_eq!(s.unsent(), 0);
+    }
+
+    #[test]
+    fn each_key_has_one_writer() {
+        // 10 keys over 4 slots: slot 2 owns 2 and 6; a draw of 9 (block 8..10 has no 10) maps
+        // to 6, the block before.
+        let owners: Vec<Vec<u64>> = (0..4)
+            .map(|slot| {
+                let mut own: Vec<u64> = (0..10).map(|k| own_key(k, slot, 4, 10)).collect();
+                own.sort_unstable();
+                own.dedup();
+                own
+            })
+            .collect();
+        assert_eq!(owners[2], [2, 6]);
+        assert_eq!(own_key(9, 2, 4, 10), 6);
+        assert_eq!(own_key(9, 1, 4, 10), 9);
+        for (slot, own) in owners.iter().enumerate() {
+            assert!(
+                own.iter().all(|k| k % 4 == slot as u64 && *k < 10),
+                "{own:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! connections, and the main thread, which prints the progress lines, writes the interval log
 //! and merges the cores' results at the end.
 //!
+//! With --verify-keys each connection reads its keys back as soon as its own run is over (no
+//! other connection sets them, so it need not wait for the others).
+//!
 //! Start-up is in two steps so that every core measures from the same instant: each core
 //! connects its slots (and prefills its share of the keyspace), then all cores and the main
 //! thread meet at a barrier, and the first one through it fixes the run's start time. Cores
@@ -233,11 +236,17 @@ async fn core_main(
         });
     }
 
+    let verify = plan.verify_keys;
     let runs: Vec<_> = slots
         .into_iter()
         .map(|(index, mut slot)| {
             let schedule = Schedule::for_run(&plan, index, start);
-            runtime::spawn_joinable(async move { slot.run(schedule).await })
+            runtime::spawn_joinable(async move {
+                slot.run(schedule).await;
+                if verify {
+                    slot.verify().await;
+                }
+            })
         })
         .collect();
     for run in runs {

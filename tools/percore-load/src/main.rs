@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit status when a reply was wrong or missing.
+/// Exit status when a reply was wrong or lost (or a --verify-keys read-back failed).
 const EXIT_WRONG_REPLIES: u8 = 1;
 /// Exit status when the run could not happen (bad arguments, no server, no io_uring).
 const EXIT_CANNOT_RUN: u8 = 2;
@@ -44,7 +44,7 @@ fn run(args: cli::Args) -> anyhow::Result<bool> {
     report::write_files(&plan, &outcome)?;
     let errors = outcome.total.counts.total_errors();
     if errors > 0 {
-        eprintln!("percore-load: {errors} replies were wrong or missing");
+        eprintln!("percore-load: {errors} replies were wrong or lost");
     }
     Ok(errors == 0)
 }

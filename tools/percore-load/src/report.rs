@@ -1,5 +1,6 @@
 //! Everything the run shows: the progress line each second (stderr), the HdrHistogram interval
-//! log (`--hlog`), and at the end the report (stdout), the percentile distributions in
+//! log (`--hlog`), and at the end the report (stdout: throughput, errors, lost requests, how
+//! connections ended, the --verify-keys result, the distributions), the percentile distributions in
 //! HdrHistogram's text format (`--hgrm`) and the JSON summary (`--json`).
 //!
 //! The distribution format is HdrHistogram's `outputPercentileDistribution` (what wrk2's
@@ -346,6 +347,13 @@ pub fn json_summary(plan: &Plan, outcome: &Outcome) -> Value {
         "latency_us": per_op(&outcome.total.latency),
         "service_time_us": per_op(&outcome.total.service),
         "requests_sent": counts.sent,
+        "lost": counts.errors[ErrorKind::Lost as usize],
+        "shutting_down": counts.shutting_down,
+        "closed_clean": counts.closed_clean,
+        "verify": plan.verify_keys.then(|| json!({
+            "checked": counts.verify_checked,
+            "verified": counts.verified,
+        })),
         "get_misses": counts.misses,
         "mode": if plan.rate.is_some() { "open" } else { "closed" },
         "rate": plan.rate,
@@ -423,6 +431,32 @@ pub fn text_report(plan: &Plan, outcome: &Outcome) -> String {
             "Errors: {} ({})",
             counts.total_errors(),
             errors.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Lost: {} (requests written with no reply when their connection ended)",
+        counts.errors[ErrorKind::Lost as usize]
+    );
+    if counts.closed_clean > 0 {
+        let _ = writeln!(
+            out,
+            "Closed by the server after answering every request sent: {} connection(s)",
+            counts.closed_clean
+        );
+    }
+    if counts.shutting_down > 0 {
+        let _ = writeln!(
+            out,
+            "ShuttingDown replies: {} (not errors: requests the stopping server did not run)",
+            counts.shutting_down
+        );
+    }
+    if plan.verify_keys {
+        let _ = writeln!(
+            out,
+            "Verified keys: {} of {} read back with their last acknowledged value",
+            counts.verified, counts.verify_checked
         );
     }
     if let Some(rate) = plan.rate {

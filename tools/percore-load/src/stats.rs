@@ -1,7 +1,8 @@
 //! What a run counts: per operation, the latency from each request's intended send time (the
 //! coordinated-omission-corrected number), the service time from its actual send, and a
-//! per-second interval histogram; plus replies, misses, errors by kind and how well the open-
-//! loop schedule was kept.
+//! per-second interval histogram; plus replies, misses, errors by kind, how connections ended
+//! (and the requests lost with them), the `--verify-keys` pass, and how well the open-loop
+//! schedule was kept.
 //!
 //! Each core has one [`Recorder`], shared by its connections through `Rc<RefCell<_>>` (one
 //! thread, no locks). Once a second the core hands its interval to the main thread as a
@@ -31,8 +32,9 @@ fn nanos(d: Duration) -> u64 {
 /// Why a reply was wrong or missing. Any of these makes the exit status non-zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// No reply came before the end of the run (or before --timeout without progress).
-    Missing,
+    /// A request written to the socket that had no reply when its connection ended (closed by
+    /// the server, failed, or given up after --timeout without progress).
+    Lost,
     /// A reply to no request in flight (unknown or repeated id).
     UnknownId,
     /// A get found nothing where the keyspace was prefilled (or a ping/set/compute answered
@@ -41,9 +43,8 @@ pub enum ErrorKind {
     BadRequest,
     TooLarge,
     Overloaded,
-    ShuttingDown,
     Internal,
-    /// A status this build does not know.
+    /// A status this build does not know. (`ShuttingDown` is no error: [`Counts::shutting_down`].)
     OtherStatus,
     /// A value whose checksum does not match its key and content.
     CorruptValue,
@@ -55,22 +56,29 @@ pub enum ErrorKind {
     WrongBody,
     /// A frame that does not decode as a reply.
     InvalidFrame,
-    /// The connection failed or closed (its requests in flight are counted as missing).
+    /// The connection failed, or the server closed it with requests in flight (those count
+    /// as [`ErrorKind::Lost`]).
     ConnectionLost,
-    /// A connection made no progress for --timeout (its requests in flight are missing).
+    /// A connection made no progress for --timeout (its requests in flight are lost).
     Timeout,
+    /// --verify-keys: a key whose last acknowledged set is not readable (NotFound).
+    VerifyMissing,
+    /// --verify-keys: a key that holds an intact value other than its last acknowledged set.
+    VerifyStale,
+    /// --verify-keys: a key with an acknowledged set that could not be read back because its
+    /// connection had ended.
+    Unverified,
 }
 
 impl ErrorKind {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
-        ErrorKind::Missing,
+        ErrorKind::Lost,
         ErrorKind::UnknownId,
         ErrorKind::NotFound,
         ErrorKind::BadRequest,
         ErrorKind::TooLarge,
         ErrorKind::Overloaded,
-        ErrorKind::ShuttingDown,
         ErrorKind::Internal,
         ErrorKind::OtherStatus,
         ErrorKind::CorruptValue,
@@ -80,17 +88,19 @@ impl ErrorKind {
         ErrorKind::InvalidFrame,
         ErrorKind::ConnectionLost,
         ErrorKind::Timeout,
+        ErrorKind::VerifyMissing,
+        ErrorKind::VerifyStale,
+        ErrorKind::Unverified,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            ErrorKind::Missing => "missing",
+            ErrorKind::Lost => "lost",
             ErrorKind::UnknownId => "unknown_id",
             ErrorKind::NotFound => "not_found",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Overloaded => "overloaded",
-            ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
             ErrorKind::OtherStatus => "other_status",
             ErrorKind::CorruptValue => "corrupt_value",
@@ -100,17 +110,20 @@ impl ErrorKind {
             ErrorKind::InvalidFrame => "invalid_frame",
             ErrorKind::ConnectionLost => "connection_lost",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::VerifyMissing => "verify_missing",
+            ErrorKind::VerifyStale => "verify_stale",
+            ErrorKind::Unverified => "unverified",
         }
     }
 
-    /// The error an unexpected status is counted as.
+    /// The error an unexpected status is counted as. `ShuttingDown` never gets here: it is
+    /// counted apart, as a request the server declined to run while it stops.
     pub fn of_status(status: Status) -> ErrorKind {
         match status {
             Status::NotFound => ErrorKind::NotFound,
             Status::BadRequest => ErrorKind::BadRequest,
             Status::TooLarge => ErrorKind::TooLarge,
             Status::Overloaded => ErrorKind::Overloaded,
-            Status::ShuttingDown => ErrorKind::ShuttingDown,
             Status::Internal => ErrorKind::Internal,
             _ => ErrorKind::OtherStatus,
         }
@@ -134,6 +147,16 @@ pub struct Counts {
     pub late_sends: u64,
     /// Open loop: the largest such delay, in nanoseconds.
     pub max_send_lag_ns: u64,
+    /// Replies with status `ShuttingDown`: requests the server declined to run because it is
+    /// stopping. Not errors; the connection that gets one sends nothing more.
+    pub shutting_down: u64,
+    /// Connections the server closed (EOF) with no request of ours in flight: a clean end,
+    /// such as a shutdown after answering everything sent. With requests in flight the end is
+    /// an error instead ([`ErrorKind::ConnectionLost`] and [`ErrorKind::Lost`]).
+    pub closed_clean: u64,
+    /// --verify-keys: keys read back, and those that held their last acknowledged value.
+    pub verify_checked: u64,
+    pub verified: u64,
 }
 
 impl Counts {
@@ -149,6 +172,10 @@ impl Counts {
         self.unsent += other.unsent;
         self.late_sends += other.late_sends;
         self.max_send_lag_ns = self.max_send_lag_ns.max(other.max_send_lag_ns);
+        self.shutting_down += other.shutting_down;
+        self.closed_clean += other.closed_clean;
+        self.verify_checked += other.verify_checked;
+        self.verified += other.verified;
     }
 
     pub fn total_ops(&self) -> u64 {
@@ -168,6 +195,8 @@ pub enum Phase {
     /// Before --warmup has passed: checked, shown in the progress lines, not in the results.
     Warmup,
     Measured,
+    /// The --verify-keys pass after the run: checked, never timed.
+    Verify,
 }
 
 /// One core's histograms and counters.
@@ -214,7 +243,7 @@ impl Recorder {
         now: Instant,
         miss: bool,
     ) {
-        if phase == Phase::Prefill {
+        if matches!(phase, Phase::Prefill | Phase::Verify) {
             return;
         }
         let corrected = nanos(now.saturating_duration_since(intended));
@@ -280,6 +309,13 @@ pub struct Tick {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_kinds_index_their_counters() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{}", kind.name());
+        }
+    }
 
     #[test]
     fn only_measured_replies_reach_the_results() {

@@ -1,8 +1,10 @@
 //! End-to-end tests of percore-load against the real percore server: every workload and its
 //! report, the JSON's arithmetic, the HdrHistogram outputs, shard-aware routing and several
-//! targets, detection of corrupted and missing replies, the coordinated-omission correction
-//! under a stopped server, the accuracy of a fixed rate, and the memcached protocol against an
-//! in-test fake (and a real memcached when one is installed).
+//! targets, detection of corrupted and lost replies, `--verify-keys` (and that it catches a
+//! stale or evicted value), a SIGTERM to the server under full load (nothing it read goes
+//! unanswered, and percore-load accounts for every request), the coordinated-omission
+//! correction under a stopped server, the accuracy of a fixed rate, and the memcached protocol
+//! against an in-test fake (and a real memcached when one is installed).
 //!
 //! Each test starts its own server(s), so they run in parallel; the load generator always runs
 //! on one core. The whole file takes about 20 s of wall time.
@@ -16,8 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{assert_counts_add_up, free_port_run, run_load, Scratch, Server};
-use percore::protocol::{ReplyView, ResponseView};
+use common::{
+    assert_counts_add_up, free_port_run, report_core_sum, report_count, run_load, spawn_load,
+    Scratch, Server,
+};
+use percore::protocol::{Op, ReplyView, Request, ResponseView};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -431,6 +436,403 @@ fn a_stopped_server_fills_the_corrected_tail_only() {
         .contains("service time from actual send (uncorrected)"));
 }
 
+/// The errors of a run other than `allowed`, by kind, that are not zero.
+fn other_errors(json: &serde_json::Value, allowed: &[&str]) -> Vec<(String, u64)> {
+    json["errors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .filter(|(k, n)| *n > 0 && !allowed.contains(&k.as_str()))
+        .collect()
+}
+
+/// Per key, whether the last Set the proxy passed on was rewritten.
+type LastRewritten = Arc<Mutex<HashMap<Vec<u8>, bool>>>;
+
+/// A TCP proxy to `upstream` that rewrites the value of every `every`-th Set into another
+/// valid value for the same key (content changed, checksum recomputed), as a server that
+/// stored the wrong write would hold. It returns how many keys' last Set it rewrote: the
+/// stale values a read-back must find. Each key has one writer under --verify-keys, so the
+/// last Set of a key this proxy sees is the one the server keeps.
+fn rewriting_proxy(upstream: std::net::SocketAddr, every: u64) -> (String, LastRewritten) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let last_rewritten = Arc::new(Mutex::new(HashMap::new()));
+    let keys = last_rewritten.clone();
+    std::thread::spawn(move || {
+        let sets = Arc::new(AtomicU64::new(0));
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                return;
+            };
+            let (mut s_read, mut c_write) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+            });
+            let (mut c_read, mut s_write) = (client, server);
+            let (sets, keys) = (sets.clone(), keys.clone());
+            std::thread::spawn(move || loop {
+                let mut prefix = [0u8; 4];
+                if c_read.read_exact(&mut prefix).is_err() {
+                    return;
+                }
+                let mut frame = prefix.to_vec();
+                frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
+                if c_read.read_exact(&mut frame[4..]).is_err() {
+                    return;
+                }
+                let set = match Request::decode(&frame) {
+                    Ok(Request {
+                        op: Op::Set { key, value, .. },
+                        ..
+                    }) if value.len() > 4 => Some((
+                        key.to_vec(),
+                        value.as_ptr() as usize - frame.as_ptr() as usize,
+                        value.len(),
+                    )),
+                    _ => None,
+                };
+                if let Some((key, at, len)) = set {
+                    let rewrite = sets.fetch_add(1, Ordering::SeqCst) % every == every - 1;
+                    if rewrite {
+                        let value = &mut frame[at..at + len];
+                        value[0] ^= 0x20;
+                        let body = len - 4;
+                        let crc = crc32c::crc32c_append(crc32c::crc32c(&key), &value[..body]);
+                        value[body..].copy_from_slice(&crc.to_le_bytes());
+                    }
+                    keys.lock().unwrap().insert(key, rewrite);
+                }
+                if s_write.write_all(&frame).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (addr, last_rewritten)
+}
+
+#[test]
+fn verify_keys_reads_back_every_acknowledged_set() {
+    // Two cores, so half the sets are forwarded to the owner core and back.
+    let server = Server::start(&["--cores", "2"]);
+    let run = run_load(
+        &[
+            "--target",
+            &server.target(),
+            "--workload",
+            "mixed",
+            "--mix",
+            "get:40,set:60",
+            "--prefill",
+            "--keys",
+            "2000",
+            "--value-size",
+            "8-600",
+            "--connections",
+            "5",
+            "--pipeline",
+            "16",
+            "--duration",
+            "1s",
+            "--verify-keys",
+        ],
+        LIMIT,
+    );
+    run.assert_clean();
+    assert_counts_add_up(run.json(), &["get", "set"]);
+    // The prefill set every key, so every key is read back, and holds its last value.
+    assert_eq!(run.json()["verify"]["checked"], 2000, "{}", run.stdout);
+    assert_eq!(run.json()["verify"]["verified"], 2000);
+    assert!(
+        run.stdout
+            .contains("Verified keys: 2000 of 2000 read back with their last acknowledged value"),
+        "{}",
+        run.stdout
+    );
+
+    // A value that is intact but not the last one written is caught, key by key.
+    let fresh = Server::start(&["--cores", "2"]);
+    let (proxy, last_rewritten) = rewriting_proxy(fresh.addr, 7);
+    let run = run_load(
+        &[
+            "--target",
+            &proxy,
+            "--workload",
+            "set",
+            "--keys",
+            "1500",
+            "--value-size",
+            "20-200",
+            "--connections",
+            "3",
+            "--pipeline",
+            "8",
+            "--requests",
+            "6000",
+            "--verify-keys",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let written = last_rewritten.lock().unwrap();
+    let stale = written.values().filter(|r| **r).count() as u64;
+    assert!(stale >= 50, "{stale} keys end on a rewritten value");
+    assert_eq!(run.errors("verify_stale"), stale, "{}", run.stdout);
+    assert_eq!(run.json()["verify"]["checked"], written.len() as u64);
+    assert_eq!(
+        run.json()["verify"]["verified"].as_u64().unwrap() + stale,
+        written.len() as u64
+    );
+    assert_eq!(other_errors(run.json(), &["verify_stale"]), []);
+
+    // A store too small for the keyspace evicts: acknowledged sets are then missing. One
+    // connection, so the read-back starts after the last set and the store holds at most
+    // what fits in its 1 MiB then.
+    let small = Server::start(&["--cores", "1", "--memory", "1MiB"]);
+    let run = run_load(
+        &[
+            "--target",
+            &small.target(),
+            "--workload",
+            "set",
+            "--keys",
+            "4000",
+            "--value-size",
+            "1000",
+            "--connections",
+            "1",
+            "--pipeline",
+            "16",
+            "--requests",
+            "8000",
+            "--verify-keys",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let missing = run.errors("verify_missing");
+    let checked = run.json()["verify"]["checked"].as_u64().unwrap();
+    let verified = run.json()["verify"]["verified"].as_u64().unwrap();
+    assert_eq!(verified + missing, checked);
+    // Each item takes at least its 16-byte key and 1000-byte value.
+    assert!(
+        verified <= (1 << 20) / 1016,
+        "{verified} of {checked} verified"
+    );
+    assert!(checked > 3000, "{checked} keys set");
+    assert_eq!(other_errors(run.json(), &["verify_missing"]), []);
+}
+
+/// SIGTERM to the server while percore-load drives it at full closed-loop load: the server
+/// answers every request it read (`unanswered 0`, exit 0), every one of those replies reaches
+/// percore-load and is right, and each request percore-load wrote and got no reply for is
+/// counted as lost: exactly the ones the server never read (it stops reading at shutdown and
+/// discards the rest, see docs/protocol.md, "How connections end").
+#[test]
+fn sigterm_under_full_load_loses_no_reply_the_server_read() {
+    let mut server = Server::start(&["--cores", "2"]);
+    let (connections, pipeline) = (8u64, 32u64);
+    // No prefill and no warmup, so every reply percore-load gets is in its counts.
+    let mut load = spawn_load(&[
+        "--target",
+        &server.target(),
+        "--workload",
+        "mixed",
+        "--mix",
+        "get:40,set:40,ping:15,compute:5",
+        "--keys",
+        "5000",
+        "--value-size",
+        "8-1000",
+        "--connections",
+        &connections.to_string(),
+        "--pipeline",
+        &pipeline.to_string(),
+        "--duration",
+        "60s",
+    ]);
+    // Full load is flowing once the progress lines (one a second, each its second's rate)
+    // add up to thousands of replies.
+    load.wait_for_stderr(LIMIT, |stderr| {
+        let replies: f64 = stderr
+            .lines()
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == "ops/s")?;
+                words.get(at.checked_sub(1)?)?.parse::<f64>().ok()
+            })
+            .sum();
+        replies > 5000.0
+    });
+    let stopped = server.stop(LIMIT);
+    // The server's close ends every connection, so the run ends long before its 60 s.
+    let run = load.wait(LIMIT);
+
+    assert!(stopped.status.success(), "server exit {}", stopped.status);
+    let report = &stopped.report;
+    assert!(report.contains("percore exit report"), "{report}");
+    assert_eq!(report_core_sum(report, "unanswered"), 0, "{report}");
+    let read = report_core_sum(report, "requests");
+    let by_op: u64 = ["ping", "get", "set", "compute"]
+        .iter()
+        .map(|op| report_count(report, op))
+        .sum();
+    assert_eq!(by_op, read, "{report}");
+
+    let json = run.json();
+    let (ops, sent) = (
+        json["ops"].as_u64().unwrap(),
+        json["requests_sent"].as_u64().unwrap(),
+    );
+    let (lost, shutting_down) = (
+        json["lost"].as_u64().unwrap(),
+        json["shutting_down"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "server read {read}, percore-load sent {sent}, replies {ops} ok + {shutting_down} \
+         ShuttingDown, lost {lost}, closed clean {}",
+        json["closed_clean"]
+    );
+    assert!(ops > 4_000, "the load ran: {ops} replies");
+    // Every reply was right, and every request the server read got one: none is missing.
+    assert_eq!(
+        other_errors(json, &["lost", "connection_lost"]),
+        [],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(ops + shutting_down, read, "{}", run.stdout);
+    // What percore-load calls lost is exactly what the server never read; at most the batch
+    // each connection wrote after the server's last read of it.
+    assert_eq!(lost, sent - read, "{}", run.stdout);
+    assert!(lost <= connections * pipeline, "{lost} lost");
+    // Every connection ended by the server's close: cleanly, or with its unread requests.
+    let with_lost = run.errors("connection_lost");
+    assert_eq!(
+        json["closed_clean"].as_u64().unwrap() + with_lost,
+        connections
+    );
+    assert_eq!(with_lost == 0, lost == 0);
+    assert_eq!(run.status.code(), Some(if lost == 0 { 0 } else { 1 }));
+    assert!(
+        run.stdout.contains(&format!(
+            "Lost: {lost} (requests written with no reply when their connection ended)"
+        )),
+        "{}",
+        run.stdout
+    );
+}
+
+/// What the fake server of [`stopping_server`] saw.
+#[derive(Default)]
+struct Seen {
+    /// Requests read on the connection answered `ShuttingDown`.
+    refused: u64,
+    /// Pings read on the other connections, in all and when that one reached EOF.
+    pings: u64,
+    pings_at_eof: Option<u64>,
+}
+
+/// A server that answers pings, but every request on its first connection `ShuttingDown`, as
+/// a stopping percore answers what it can no longer run.
+fn stopping_server() -> (String, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shared = seen.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let seen = shared.clone();
+            std::thread::spawn(move || {
+                let mut encoder = percore::protocol::ResponseEncoder::new();
+                loop {
+                    let mut prefix = [0u8; 4];
+                    if conn.read_exact(&mut prefix).is_err() {
+                        if n == 0 {
+                            let mut seen = seen.lock().unwrap();
+                            seen.pings_at_eof = Some(seen.pings);
+                        }
+                        return;
+                    }
+                    let mut frame = prefix.to_vec();
+                    frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
+                    if conn.read_exact(&mut frame[4..]).is_err() {
+                        return;
+                    }
+                    let request = Request::decode(&frame).unwrap();
+                    let mut out = bytes::BytesMut::new();
+                    match (n, request.op) {
+                        (0, _) => {
+                            seen.lock().unwrap().refused += 1;
+                            let error = percore::error::RequestError::ShuttingDown;
+                            encoder.error(request.id, &error, &mut out);
+                        }
+                        (_, Op::Ping { payload }) => {
+                            seen.lock().unwrap().pings += 1;
+                            let reply = percore::protocol::Reply::Ping { payload };
+                            encoder.ok(request.id, &reply, &mut out);
+                        }
+                        (_, op) => panic!("a ping workload sent {op:?}"),
+                    }
+                    if conn.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn shutting_down_replies_are_counted_apart_and_end_the_connection() {
+    let (target, seen) = stopping_server();
+    let run = run_load(
+        &[
+            "--target",
+            &target,
+            "--workload",
+            "ping",
+            "--connections",
+            "3",
+            "--pipeline",
+            "4",
+            "--duration",
+            "1s",
+        ],
+        LIMIT,
+    );
+    // Not an error: exit 0, no error counted; every request on the first connection got its
+    // ShuttingDown, and the others ran.
+    run.assert_clean();
+    let json = run.json();
+    let seen = seen.lock().unwrap();
+    assert_eq!(json["shutting_down"], seen.refused, "{}", run.stdout);
+    assert_eq!(json["lost"], 0);
+    assert_eq!(json["ops"], seen.pings);
+    assert!(seen.pings > 100, "{} pings", seen.pings);
+    // The first connection stopped sending at its first ShuttingDown: it sent its first
+    // pipeline (4 requests, written at once) and nothing after, and was closed as soon as
+    // their replies were in, while the others were still sending (not at the run's end).
+    assert_eq!(seen.refused, 4);
+    let at_eof = seen.pings_at_eof.expect("EOF on the refused connection");
+    assert!(
+        at_eof * 2 < seen.pings,
+        "EOF after {at_eof} of {} pings",
+        seen.pings
+    );
+    assert!(
+        run.stdout.contains("ShuttingDown replies: 4 (not errors"),
+        "{}",
+        run.stdout
+    );
+}
+
 fn server_pid(server: &Server) -> i32 {
     // The listening line came from this child; its pid is what `signal` uses.
     server.pid()
@@ -583,7 +985,8 @@ fn memcached_protocol_against_a_fake() {
     let run = run_load(&args, LIMIT);
     assert_eq!(run.status.code(), Some(1));
     assert!(run.errors("connection_lost") >= 1, "{}", run.stdout);
-    assert!(run.errors("missing") >= 1, "{}", run.stdout);
+    assert!(run.errors("lost") >= 1, "{}", run.stdout);
+    assert_eq!(run.json()["lost"], run.errors("lost"));
 }
 
 #[test]
@@ -660,6 +1063,7 @@ fn help_explains_every_flag_and_its_default() {
         "--value-size",
         "--key-dist",
         "--prefill",
+        "--verify-keys",
         "--shard-aware",
         "--protocol",
         "--json",

@@ -1,7 +1,8 @@
 //! Test harness for percore-load: runs the real `percore` server (the sibling of the
 //! percore-load binary in the workspace's target directory) on 127.0.0.1 with ephemeral ports,
-//! runs percore-load against it with a time limit, and parses what it printed and wrote.
-//! Every process started here is killed when its guard drops.
+//! runs percore-load against it with a time limit (to the end, or in the background while the
+//! test acts on the server), and parses what both printed and wrote. Every process started
+//! here is killed when its guard drops.
 
 #![allow(dead_code)]
 
@@ -41,6 +42,15 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// Its stdout after the listening line, a line at a time (the exit report comes here).
+    stdout: mpsc::Receiver<String>,
+}
+
+/// What a server stopped with SIGTERM left.
+pub struct Stopped {
+    pub status: ExitStatus,
+    /// Everything printed on stdout after the listening line: the exit report.
+    pub report: String,
 }
 
 impl Server {
@@ -85,7 +95,27 @@ impl Server {
             child,
             addr,
             shard_ports,
+            stdout: rx,
         }
+    }
+
+    /// Sends SIGTERM, waits up to `timeout` for the exit and returns its status and report.
+    pub fn stop(&mut self, timeout: Duration) -> Stopped {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for percore") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "percore did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF, which the exit has caused.
+        let report = self.stdout.iter().collect::<Vec<_>>().join("\n");
+        Stopped { status, report }
     }
 
     pub fn target(&self) -> String {
@@ -183,40 +213,111 @@ impl Drop for Guard {
 /// Runs percore-load with `args` (always on one core, JSON to a scratch file), killing it after
 /// `limit`.
 pub fn run_load(args: &[&str], limit: Duration) -> Run {
+    spawn_load(args).wait(limit)
+}
+
+/// A percore-load running in the background.
+pub struct Loading {
+    guard: Guard,
+    args: Vec<String>,
+    scratch: Scratch,
+}
+
+/// Starts percore-load with `args` (always on one core, JSON to a scratch file).
+pub fn spawn_load(args: &[&str]) -> Loading {
     let scratch = Scratch::new("run");
-    let json = scratch.path("out.json");
-    let (stdout, stderr) = (scratch.path("stdout"), scratch.path("stderr"));
     let child = Command::new(load_bin())
         .args(["--cores", "1"])
         .args(args)
         .arg("--json")
-        .arg(&json)
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
+        .arg(scratch.path("out.json"))
+        .stdout(std::fs::File::create(scratch.path("stdout")).unwrap())
+        .stderr(std::fs::File::create(scratch.path("stderr")).unwrap())
         .spawn()
         .expect("percore-load starts");
-    let mut guard = Guard(child);
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "percore-load {args:?} ran over {limit:?}\nstderr so far:\n{}",
-                read(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status,
-        stdout: read(&stdout),
-        stderr: read(&stderr),
-        json: std::fs::read_to_string(&json)
-            .ok()
-            .map(|t| serde_json::from_str(&t).expect("--json writes valid JSON")),
+    Loading {
+        guard: Guard(child),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        scratch,
     }
+}
+
+impl Loading {
+    /// What it has written to stderr so far (the progress lines).
+    pub fn stderr(&self) -> String {
+        read(&self.scratch.path("stderr"))
+    }
+
+    /// Polls until `ready` holds for the stderr so far, failing after `limit` or if the run
+    /// ends first.
+    pub fn wait_for_stderr(&mut self, limit: Duration, ready: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stderr = self.stderr();
+            if ready(&stderr) {
+                return;
+            }
+            if let Some(status) = self.guard.0.try_wait().unwrap() {
+                panic!("percore-load ended ({status}) before it was ready:\n{stderr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "percore-load not ready within {limit:?}:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the exit (killing it after `limit`) and collects what it printed and wrote.
+    pub fn wait(mut self, limit: Duration) -> Run {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.guard.0.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "percore-load {:?} ran over {limit:?}\nstderr so far:\n{}",
+                    self.args,
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Run {
+            status,
+            stdout: read(&self.scratch.path("stdout")),
+            stderr: self.stderr(),
+            json: std::fs::read_to_string(self.scratch.path("out.json"))
+                .ok()
+                .map(|t| serde_json::from_str(&t).expect("--json writes valid JSON")),
+        }
+    }
+}
+
+/// The count of `op` in the service-time table of a server's exit report.
+pub fn report_count(report: &str, op: &str) -> u64 {
+    report
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(op))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no `{op}` row in the exit report:\n{report}"))
+}
+
+/// The sum of a `name N` field over the per-core lines of a server's exit report.
+pub fn report_core_sum(report: &str, name: &str) -> u64 {
+    let cores: Vec<&str> = report.lines().filter(|l| l.starts_with("core ")).collect();
+    assert!(!cores.is_empty(), "no per-core lines in:\n{report}");
+    cores
+        .iter()
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == name);
+            at.and_then(|i| words.get(i + 1)?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no `{name} N` in: {l}"))
+        })
+        .sum()
 }
 
 fn read(path: &Path) -> String {
