@@ -56,8 +56,14 @@ impl Metrics {
     /// Records one answered request of `kind` that took `elapsed`.
     #[inline]
     pub fn record(&mut self, kind: OpKind, elapsed: Duration) {
+        self.record_n(kind, elapsed, 1);
+    }
+
+    /// Records `count` answered requests of `kind` that each took `elapsed`.
+    #[inline]
+    pub fn record_n(&mut self, kind: OpKind, elapsed: Duration, count: u64) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.latency[kind.index()].saturating_record(ns.clamp(1, MAX_RECORDED_NS));
+        self.latency[kind.index()].saturating_record_n(ns.clamp(1, MAX_RECORDED_NS), count);
     }
 
     /// The counters `Stats` reports for this core.

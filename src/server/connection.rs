@@ -26,6 +26,14 @@ const READ_CHUNK: usize = 16 << 10;
 const MAX_READ_GROWTH: usize = 256 << 10;
 /// Stop answering further frames of a batch once this much output is waiting to be written.
 pub const OUTPUT_SOFT_CAP: usize = 256 << 10;
+/// Replies finished elsewhere that a connection may owe its client while it is not reading
+/// them. Reading stops at [`OUTPUT_SOFT_CAP`], but requests already sent to other cores still
+/// come back, up to `--max-inflight` of them, each up to a maximal value: a client that never
+/// reads could make the server hold a gigabyte. Past this it is closed as a slow reader.
+pub const OWED_HARD_CAP: usize = 64 << 20;
+/// At the drain, a connection that has done nothing for this long is closed at once; a busier
+/// one is answered until its client leaves.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// After a fatal framing error, how long the server keeps discarding input before closing, so
 /// its last reply is not destroyed by a reset (a close with unread input sends RST).
 const LINGER: Duration = Duration::from_millis(500);
@@ -45,6 +53,8 @@ pub enum CloseReason {
     IdleTimeout,
     FrameTimeout,
     DrainTimeout,
+    /// The client let more than [`OWED_HARD_CAP`] of replies pile up unread.
+    SlowReader,
 }
 
 /// The part of a connection that other tasks on the core reach: the replies finished away from
@@ -87,9 +97,17 @@ impl ConnShared {
             shard.pool.give(completion.frame);
             return;
         }
+        let mut replies = self.replies.borrow_mut();
+        if replies.len() + completion.frame.len() > OWED_HARD_CAP {
+            drop(replies);
+            // This reply is lost with the connection and counted as unanswered.
+            shard.pool.give(completion.frame);
+            self.completed.set(self.completed.get() + 1);
+            self.close(CloseReason::SlowReader);
+            return;
+        }
         let now = Instant::now();
         self.last_active.set(now);
-        let mut replies = self.replies.borrow_mut();
         shard.io_buffers.fill(&mut replies);
         replies.extend_from_slice(&completion.frame);
         shard.pool.give(completion.frame);
@@ -134,6 +152,12 @@ struct Session<'a> {
     peer_closed: bool,
     /// The framing broke: the error reply is in `output`; close once it is written.
     framing_broken: bool,
+    /// Set when the drain begins: how many whole frames read before it still run. Every frame
+    /// after them is answered `ShuttingDown`, and reading goes on until the client leaves, so
+    /// that a client in the middle of a pipeline loses no request to the close.
+    drain_keep: Option<u64>,
+    /// When the last read returned: the start of the service time of the frames it completed.
+    read_at: Instant,
 }
 
 /// Serves one connection until the client leaves, an error, a timeout or the drain ends it.
@@ -150,6 +174,8 @@ pub async fn serve(shard: &Rc<Shard>, conn: Conn, shared: &Rc<ConnShared>) {
         inflight: 0,
         peer_closed: false,
         framing_broken: false,
+        drain_keep: None,
+        read_at: Instant::now(),
     };
     let graceful = s.run().await;
     // Whatever was read and not answered is lost with the connection; count it.
@@ -183,9 +209,21 @@ impl Session<'_> {
             if self.shared.close.get().is_some() {
                 return false;
             }
+            if self.drain_keep.is_none() && self.shard.draining.is_set() {
+                // A quiet connection closes at once; one in the middle of its work (whose next
+                // requests may be on the wire right now) keeps reading until the client, told
+                // ShuttingDown, leaves, or the drain times out.
+                let quiet = Instant::now().saturating_duration_since(self.shared.last_active.get())
+                    > DRAIN_QUIET;
+                if quiet && self.input.is_empty() && self.inflight == 0 && self.output.is_empty() {
+                    return true;
+                }
+                self.drain_keep = Some(self.whole_frames_buffered());
+                continue;
+            }
             // Once the framing broke nothing more is read, but the requests before the bad
             // frame that are still running elsewhere get their replies first.
-            let stopping = self.framing_broken || self.peer_closed || self.shard.draining.is_set();
+            let stopping = self.framing_broken || self.peer_closed;
             let has_frame = !self.framing_broken && self.has_whole_frame();
             if stopping && self.inflight == 0 && !has_frame {
                 return true;
@@ -224,6 +262,7 @@ impl Session<'_> {
     async fn route_frames(&mut self) {
         let max_frame = self.shard.config.max_frame;
         let mut reserved = None;
+        let mut batch = router::Batch::new(self.read_at);
         while self.inflight < self.shard.config.max_inflight && self.output.len() < OUTPUT_SOFT_CAP
         {
             let len = match frame::peek(&self.input, max_frame) {
@@ -237,16 +276,23 @@ impl Session<'_> {
                     self.shard.metrics.borrow_mut().rejected += 1;
                     self.replies_buffered += 1;
                     self.framing_broken = true;
-                    return;
+                    break;
                 }
             };
             let frame = &self.input[..len];
+            if self.drain_keep == Some(0) {
+                router::refuse_shutting_down(self.shard, frame, &mut self.output, &mut batch);
+                self.replies_buffered += 1;
+                self.input.advance(len);
+                continue;
+            }
             match router::route(
                 self.shard,
                 self.shared,
                 frame,
                 &mut self.output,
                 reserved.take(),
+                &mut batch,
             ) {
                 Routed::Answered => self.replies_buffered += 1,
                 Routed::Deferred => self.inflight += 1,
@@ -261,8 +307,12 @@ impl Session<'_> {
                     continue;
                 }
             }
+            if let Some(keep) = self.drain_keep.as_mut() {
+                *keep -= 1;
+            }
             self.input.advance(len);
         }
+        batch.finish(self.shard);
     }
 
     /// Starts or stops the `--frame-timeout` clock. It measures how long the client takes to
@@ -349,7 +399,9 @@ impl Session<'_> {
                 true
             }
             Some(Ok(_)) => {
-                self.shared.last_active.set(Instant::now());
+                // One clock read per read: the idle timer and the service time both start here.
+                self.read_at = Instant::now();
+                self.shared.last_active.set(self.read_at);
                 true
             }
             Some(Err(_)) => false,

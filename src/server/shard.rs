@@ -107,7 +107,12 @@ pub struct Shard {
 impl Shard {
     /// Milliseconds since this shard started: the store's clock.
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_since_start(Instant::now())
+    }
+
+    /// The store's clock at `instant` (milliseconds since the core started).
+    pub fn ms_since_start(&self, instant: Instant) -> u64 {
+        instant.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     pub fn shard_stats(&self) -> ShardStats {

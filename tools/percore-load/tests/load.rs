@@ -628,10 +628,10 @@ fn verify_keys_reads_back_every_acknowledged_set() {
 }
 
 /// SIGTERM to the server while percore-load drives it at full closed-loop load: the server
-/// answers every request it read (`unanswered 0`, exit 0), every one of those replies reaches
-/// percore-load and is right, and each request percore-load wrote and got no reply for is
-/// counted as lost: exactly the ones the server never read (it stops reading at shutdown and
-/// discards the rest, see docs/protocol.md, "How connections end").
+/// answers every request it read (`unanswered 0`, exit 0): those read before the drain with
+/// their result, those that arrive during it with `ShuttingDown` (it keeps reading until the
+/// client leaves, see docs/protocol.md, "How connections end"). So percore-load, which stops
+/// sending at the first `ShuttingDown`, gets a reply for every request it wrote: none lost.
 #[test]
 fn sigterm_under_full_load_loses_no_reply_the_server_read() {
     let mut server = Server::start(&["--cores", "2"]);
@@ -698,33 +698,14 @@ fn sigterm_under_full_load_loses_no_reply_the_server_read() {
         json["closed_clean"]
     );
     assert!(ops > 4_000, "the load ran: {ops} replies");
-    // Every reply was right, and every request the server read got one: none is missing.
-    assert_eq!(
-        other_errors(json, &["lost", "connection_lost"]),
-        [],
-        "{}",
-        run.stdout
-    );
+    // Every reply was right, every request written was read, and every one read got a reply.
+    assert_eq!(other_errors(json, &[]), [], "{}", run.stdout);
+    assert_eq!(lost, 0, "{}", run.stdout);
+    assert_eq!(sent, read, "{}", run.stdout);
     assert_eq!(ops + shutting_down, read, "{}", run.stdout);
-    // What percore-load calls lost is exactly what the server never read; at most the batch
-    // each connection wrote after the server's last read of it.
-    assert_eq!(lost, sent - read, "{}", run.stdout);
-    assert!(lost <= connections * pipeline, "{lost} lost");
-    // Every connection ended by the server's close: cleanly, or with its unread requests.
-    let with_lost = run.errors("connection_lost");
-    assert_eq!(
-        json["closed_clean"].as_u64().unwrap() + with_lost,
-        connections
-    );
-    assert_eq!(with_lost == 0, lost == 0);
-    assert_eq!(run.status.code(), Some(if lost == 0 { 0 } else { 1 }));
-    assert!(
-        run.stdout.contains(&format!(
-            "Lost: {lost} (requests written with no reply when their connection ended)"
-        )),
-        "{}",
-        run.stdout
-    );
+    // Full pipelines were in flight when the drain began, so some requests met it.
+    assert!(shutting_down > 0, "{}", run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{}", run.stdout);
 }
 
 /// What the fake server of [`stopping_server`] saw.
