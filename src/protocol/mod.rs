@@ -51,7 +51,11 @@ pub fn has_identifier(frame: &[u8], identifier: &str) -> bool {
 }
 
 /// The verifier limits applied to every frame: tight, because a frame comes from the network.
-/// A request may not claim more than its own size; `apparent_size` is that limit.
+/// `apparent_size` bounds the bytes the verifier may count; callers give a small multiple of
+/// the frame's length. Not the length itself: the verifier counts a table's vtable entries
+/// once with the vtable and again for each field it looks up, so even a compact frame from
+/// any builder counts a few bytes more than it has (a 64-byte `Compute` request with id 0
+/// counts 65).
 pub fn verifier_options(apparent_size: usize) -> flatbuffers::VerifierOptions {
     flatbuffers::VerifierOptions {
         max_depth: 16,
