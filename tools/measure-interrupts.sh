@@ -1,33 +1,107 @@
 #!/usr/bin/env bash
-# Rescheduling interrupts (RES, /proc/interrupts) on the server's CPU per request, and requests per
-# server CPU-second: each server pinned to CPU 0 with --cores 1, percore-load on CPU 1, ping with
-# 32 connections at pipeline 1 and 16, 5 s per run, two rounds alternating percore and peer-tokio.
+# Throughput, rescheduling interrupts (RES, /proc/interrupts) on the server's CPU, and requests per
+# server CPU-second, for percore beside peer-tokio (and, to measure a change, beside another build
+# of percore): each server pinned to CPU 0 with one core, percore-load pinned to CPU 1, 32
+# connections, closed loop. Servers alternate within each round (A B C, then B C A, ...) and the
+# summary gives medians over the rounds and the ratios between servers, all from the same run.
 #
-#   tools/measure-interrupts.sh        (builds the release workspace first)
+#   tools/measure-interrupts.sh                       (builds the release workspace first)
+#   BEFORE=/path/to/old/percore tools/measure-interrupts.sh
+#   VARIANTS="poll0=--idle-poll 0" tools/measure-interrupts.sh
+#
+# Settings (environment): ROUNDS [3], DURATION [5s], SCENARIOS [ping-p1 ping-p16 get-p16],
+# BEFORE [unset: a percore binary shown as percore-before], VARIANTS [unset: NAME=FLAGS;... extra
+# percore runs with those flags].
 set -u
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --quiet
 bin=target/release
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+SCENARIOS=${SCENARIOS:-ping-p1 ping-p16 get-p16}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+servers=("percore" "peer-tokio")
+declare -A command=([percore]="$bin/percore" [peer-tokio]="$bin/peer-tokio")
+if [[ -n "${BEFORE:-}" ]]; then
+  servers+=("percore-before")
+  command[percore-before]="$BEFORE"
+fi
+IFS=';' read -r -a variants <<<"${VARIANTS:-}"
+for v in "${variants[@]}"; do
+  [[ -z "$v" ]] && continue
+  servers+=("${v%%=*}")
+  command[${v%%=*}]="$bin/percore ${v#*=}"
+done
+
 res0() { awk '/^ *RES:/ {print $2}' /proc/interrupts; }
-run() { # server-binary pipeline
-  local server=$1 p=$2 port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  taskset -c 0 $bin/$server --listen 127.0.0.1:$port --cores 1 >/dev/null 2>&1 &
-  local pid=$!
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+run() { # round server scenario
+  local round=$1 server=$2 scenario=$3 port pid
+  local workload=${scenario%-p*} pipeline=${scenario##*-p}
+  port=$(free_port)
+  # shellcheck disable=SC2086
+  taskset -c 0 ${command[$server]} --listen 127.0.0.1:$port --cores 1 >/dev/null 2>&1 &
+  pid=$!
   sleep 0.5
-  local r0 t0 c0; r0=$(res0); t0=$(date +%s.%N); c0=$(awk '{print $14+$15}' /proc/$pid/stat)
-  local json; json=$(mktemp)
-  taskset -c 1 $bin/percore-load --target 127.0.0.1:$port --cores 1 --duration 5s --workload ping --value-size 16 --connections 32 --pipeline $p --json $json >/dev/null 2>&1
-  local r1 t1 c1; r1=$(res0); t1=$(date +%s.%N); c1=$(awk '{print $14+$15}' /proc/$pid/stat)
+  local extra=()
+  [[ $workload == get ]] && extra=(--prefill --keys 10000 --value-size 100)
+  local r0 t0 c0 json
+  json=$(mktemp)
+  r0=$(res0); t0=$(date +%s.%N); c0=$(awk '{print $14+$15}' /proc/$pid/stat)
+  taskset -c 1 $bin/percore-load --target 127.0.0.1:$port --cores 1 --duration "$DURATION" \
+    --workload "$workload" --connections 32 --pipeline "$pipeline" "${extra[@]}" --json "$json" \
+    >/dev/null 2>&1
+  local r1 t1 c1
+  r1=$(res0); t1=$(date +%s.%N); c1=$(awk '{print $14+$15}' /proc/$pid/stat)
   # SIGTERM, not SIGINT: background jobs of a script ignore SIGINT, and peer-tokio sets no handler.
   kill -TERM $pid; wait $pid 2>/dev/null
-  python3 - "$json" "$server" "$p" "$r0" "$r1" "$t0" "$t1" "$c0" "$c1" <<'PY'
-import json,sys
-j=json.load(open(sys.argv[1])); server,p=sys.argv[2],sys.argv[3]
-r=int(sys.argv[5])-int(sys.argv[4]); secs=float(sys.argv[7])-float(sys.argv[6]); cpu=(int(sys.argv[9])-int(sys.argv[8]))/100
-ops=j["ops"]
-print(f"{server:<11} p{p:<3} {j['throughput']:>11.0f} ops/s  RES {r/secs:>8.0f}/s  {r/ops:.4f} per request  server CPU {cpu:.2f} s  {ops/cpu if cpu else 0:>10.0f} req per CPU-s")
+  python3 - "$json" "$round" "$server" "$scenario" "$r0" "$r1" "$t0" "$t1" "$c0" "$c1" <<'PY' | tee -a "$out"
+import json, sys
+a = sys.argv
+j = json.load(open(a[1]))
+res = int(a[6]) - int(a[5]); secs = float(a[8]) - float(a[7]); cpu = (int(a[10]) - int(a[9])) / 100
+ops = j["ops"]
+errors = sum(j.get("errors", {}).values()) if isinstance(j.get("errors"), dict) else 0
+print(f"{a[2]} {a[3]} {a[4]} {j['throughput']:.0f} {res / secs:.0f} {res / max(ops, 1):.5f} "
+      f"{ops / cpu if cpu else 0:.0f} {errors}")
 PY
   rm -f "$json"
 }
-for round in 1 2; do for p in 1 16; do run percore $p; run peer-tokio $p; done; done
+
+echo "round server scenario ops/s RES/s RES/request requests/server-CPU-s errors"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for scenario in $SCENARIOS; do
+    n=${#servers[@]}
+    for ((i = 0; i < n; i++)); do
+      run "$round" "${servers[$(((i + round - 1) % n))]}" "$scenario"
+    done
+  done
+done
+
+python3 - "$out" "${servers[@]}" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+servers = sys.argv[2:]
+scenarios = list(dict.fromkeys(r[2] for r in rows))
+def med(server, scenario, col):
+    v = [float(r[col]) for r in rows if r[1] == server and r[2] == scenario]
+    return statistics.median(v) if v else float("nan")
+print()
+print("medians over the rounds:")
+print("| scenario | server | ops/s | RES/s on CPU 0 | requests per server CPU-s | errors |")
+print("|---|---|---:|---:|---:|---:|")
+for sc in scenarios:
+    for s in servers:
+        errors = sum(int(r[7]) for r in rows if r[1] == s and r[2] == sc)
+        print(f"| {sc} | {s} | {med(s, sc, 3):,.0f} | {med(s, sc, 4):,.0f} | {med(s, sc, 6):,.0f} | {errors} |")
+print()
+print("percore ÷ other, medians of the same run (throughput; requests per server CPU-second):")
+for sc in scenarios:
+    for s in servers[1:]:
+        t = med("percore", sc, 3) / med(s, sc, 3)
+        c = med("percore", sc, 6) / med(s, sc, 6)
+        print(f"- {sc}: percore ÷ {s} = {t:.2f}x; {c:.2f}x per CPU-second")
+PY

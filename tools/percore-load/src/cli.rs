@@ -71,6 +71,11 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "0s")]
     pub warmup: Dur,
 
+    /// How long each load core keeps polling its sockets after the last reply before it
+    /// sleeps (as the server's --idle-poll); 0 never polls, for CPUs shared with the server
+    #[arg(long, value_name = "DUR", default_value = "20us")]
+    pub idle_poll: Dur,
+
     /// What to send: ping (echo a payload of --value-size), get, set, mixed (--mix), compute
     #[arg(long, value_enum, default_value_t = WorkloadKind::Ping)]
     pub workload: WorkloadKind,
@@ -187,6 +192,7 @@ pub struct Plan {
     pub rate: Option<u64>,
     pub stop: Stop,
     pub warmup: Duration,
+    pub idle_poll: Duration,
     pub workload: WorkloadKind,
     pub mix: Mix,
     pub keys: u64,
@@ -307,6 +313,7 @@ impl Plan {
             rate: args.rate,
             stop,
             warmup: args.warmup.0,
+            idle_poll: args.idle_poll.0,
             workload: args.workload,
             mix,
             keys: args.keys,
