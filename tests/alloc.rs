@@ -8,10 +8,11 @@
 //! figures.
 //!
 //! It is ignored for now because it fails for a reason outside percore's request path: glommio
-//! 0.9 allocates a `Source` each time a socket read arms an io_uring poll and two each time the
-//! executor goes to sleep (`link_rings_and_sleep` and the preemption timer), so the count is
-//! per wait, not per request. percore's own path (frame split, decode, store, encode, write,
-//! the cross-core buffers) allocates nothing once warm; the waits are what remains.
+//! 0.9 allocates on every scheduler pass (the preemption timer's `Source`, a node when its timer
+//! map splits), on every sleep (`link_rings_and_sleep`) and whenever a socket read arms an
+//! io_uring poll, so the count follows passes and waits, not requests. percore's own path
+//! (frame split, decode, store, encode, write, the cross-core buffers) allocates nothing once
+//! warm; glommio's passes are what remains.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -186,9 +187,9 @@ async fn drive_all(
 }
 
 #[test]
-#[ignore = "fails today, on glommio's side: its reactor allocates per socket wait and per \
-            sleep; with 512-deep pipelines 0.006-0.02 per local request and 0.07-0.09 per \
-            forwarded one remain (see issue 4's note and docs/memory.md)"]
+#[ignore = "fails today, on glommio's side: its reactor allocates per scheduler pass and per \
+            sleep; with 512-deep pipelines 0.019-0.035 per local request and 0.065-0.072 per \
+            forwarded one remain (see docs/memory.md)"]
 fn steady_state_requests_do_not_allocate() {
     NOT_COUNTED.with(|n| n.set(true));
     let cores = std::thread::available_parallelism()
