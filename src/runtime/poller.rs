@@ -35,6 +35,9 @@ pub const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(20);
 /// Events taken from the kernel per `epoll_wait`; more simply wait for the next pass.
 const EVENTS_PER_WAIT: usize = 256;
 
+/// Looks the poller takes within one glommio scheduler pass while they keep finding events.
+const ROUNDS_PER_PASS: usize = 4;
+
 /// The poller's timer between two looks: due by the time the executor has run everything else.
 const NEXT_PASS: Duration = Duration::from_micros(1);
 
@@ -79,15 +82,13 @@ thread_local! {
     static IDLE_POLL: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
-/// Sets the idle-poll window for pollers made on this thread from now on. Zero turns the
-/// poller off: every wait goes straight to glommio.
-pub fn set_idle_poll(window: Duration) {
+/// Makes this executor's poller now (so its epoll descriptor exists from the start, not from
+/// the first connection) with the idle-poll window `window`. Zero turns polling off: every wait
+/// goes straight to glommio.
+pub fn start(window: Duration) -> io::Result<()> {
     IDLE_POLL.with(|w| w.set(window));
-    POLLER.with(|p| {
-        if let Some(poller) = p.borrow().as_ref() {
-            poller.idle_poll.set(window);
-        }
-    });
+    current()?.idle_poll.set(window);
+    Ok(())
 }
 
 /// This executor's poller, made (and its task started) on first use.
@@ -244,6 +245,17 @@ impl Poller {
             }
             if self.poll_once(&mut events) > 0 {
                 quiet_since = None;
+                // While looks keep finding work, take a few more inside this glommio pass:
+                // every pass costs glommio a preemption-timer submission and allocations, and
+                // a short run of yields delays its reaping of io_uring by microseconds only.
+                let mut rounds = 1;
+                while rounds < ROUNDS_PER_PASS {
+                    futures_lite::future::yield_now().await;
+                    if self.waiting.get() == 0 || self.poll_once(&mut events) == 0 {
+                        break;
+                    }
+                    rounds += 1;
+                }
             } else {
                 let now = Instant::now();
                 let since = *quiet_since.get_or_insert(now);

@@ -168,7 +168,10 @@ pub struct ShardSetup {
 pub async fn run(setup: ShardSetup) -> ShardReport {
     let mesh = setup.mesh.connect().await;
     let config = setup.config;
-    runtime::poller::set_idle_poll(config.idle_poll);
+    if let Err(e) = runtime::poller::start(config.idle_poll) {
+        // Every connection would fail the same way; say why once.
+        tracing::error!("core {}: cannot make its epoll set: {e}", setup.index);
+    }
     let shard = Rc::new(Shard {
         index: setup.index,
         count: config.shard_count(),

@@ -155,7 +155,7 @@ async fn core_main(
     tx: SyncSender<Tick>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Recorder> {
-    percore::runtime::poller::set_idle_poll(plan.idle_poll);
+    percore::runtime::poller::start(plan.idle_poll)?;
     let cores = plan.cpus.len();
     let plan = Rc::new(plan);
     let ctx = Rc::new(CoreCtx::new(plan.clone(), core));
