@@ -13,6 +13,8 @@
 # itself could not be made. RSS is VmRSS from /proc/PID/status (VmHWM is its peak).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/server.sh
+source tools/lib/server.sh
 
 connections=${1:-10000}
 memory_mib=64
@@ -62,9 +64,7 @@ fail() {  # a measurement could not be made: say why, show the server's log, giv
   exit 2
 }
 
-status_kb() {  # pid field -> the field of /proc/PID/status in KiB
-  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
-}
+status_kb() { proc_status_kb "$@"; }
 
 # start_server NAME ARGS...: starts percore on an ephemeral loopback port, waits for its
 # listening line, sets server_pid, server_addr, server_out, server_log.
@@ -74,14 +74,8 @@ start_server() {
   server_log="$work/$name.err"
   PERCORE_LOG=warn "$bin" --listen 127.0.0.1:0 "$@" >"$server_out" 2>"$server_log" &
   server_pid=$!
-  local line=""
-  for _ in $(seq 300); do
-    line=$(head -n 1 "$server_out" 2>/dev/null)
-    [ -n "$line" ] && break
-    kill -0 "$server_pid" 2>/dev/null || fail "percore $* exited at start-up"
-    sleep 0.1
-  done
-  [ -n "$line" ] || fail "percore $* printed no listening line within 30 s"
+  local line
+  line=$(wait_listening "$server_pid" "$server_out") || fail "percore $* did not start"
   echo "$line"
   server_addr=$(awk '{ print $4 }' <<<"$line")
   # Let the executors finish starting (and their first allocations) before the baseline.

@@ -31,6 +31,8 @@
 # passed, 1 if one failed, 2 if the soak could not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/server.sh
+source tools/lib/server.sh
 
 DURATION=${DURATION:-10m}
 KEYS=${KEYS:-50000}
@@ -117,21 +119,14 @@ else
   placement="one CPU: server and percore-load share it"
 fi
 
-status_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null; }
+status_kb() { proc_status_kb "$1" VmRSS; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 
 echo "== percore --cores 1 --memory $MEMORY ($placement)"
 PERCORE_LOG=warn "${server_pin[@]}" "$work/percore" --listen 127.0.0.1:0 --cores 1 \
   --memory "$MEMORY" >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
-line=""
-for _ in $(seq 300); do
-  line=$(head -n 1 "$work/server.out" 2>/dev/null)
-  [ -n "$line" ] && break
-  kill -0 "$server_pid" 2>/dev/null || die "percore exited at start-up"
-  sleep 0.1
-done
-[ -n "$line" ] || die "percore printed no listening line within 30 s"
+line=$(wait_listening "$server_pid" "$work/server.out") || die "percore did not start"
 echo "$line"
 addr=$(awk '{ print $4 }' <<<"$line")
 # Let the executor finish starting before the baselines.
