@@ -188,7 +188,7 @@ async fn drive_all(
 
 #[test]
 #[ignore = "fails today, on glommio's side: its reactor allocates per scheduler pass and per \
-            sleep; with 512-deep pipelines 0.019-0.035 per local request and 0.065-0.072 per \
+            sleep; with 512-deep pipelines 0.011-0.032 per local request and 0.063-0.070 per \
             forwarded one remain (see docs/memory.md)"]
 fn steady_state_requests_do_not_allocate() {
     NOT_COUNTED.with(|n| n.set(true));
