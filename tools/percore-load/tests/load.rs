@@ -290,56 +290,76 @@ fn shard_aware_and_several_targets() {
 /// A TCP proxy to `upstream` that flips one byte inside every `every`-th Value reply, counting
 /// the flips.
 fn corrupting_proxy(upstream: std::net::SocketAddr, every: u64) -> (String, Arc<AtomicU64>) {
+    let flipped = Arc::new(AtomicU64::new(0));
+    let (values, flips) = (Arc::new(AtomicU64::new(0)), flipped.clone());
+    let addr = frame_proxy(upstream, Direction::Replies, move |frame: &mut Vec<u8>| {
+        let at = match ResponseView::decode(frame) {
+            Ok(ResponseView {
+                body: ReplyView::Value { value, .. },
+                ..
+            }) if !value.is_empty() => Some(value.as_ptr() as usize - frame.as_ptr() as usize),
+            _ => None,
+        };
+        if let Some(at) = at {
+            if values.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
+                frame[at] ^= 0x20;
+                flips.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (addr, flipped)
+}
+
+/// Which way [`frame_proxy`] rewrites frames; the other way is copied as it is.
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Requests,
+    Replies,
+}
+
+/// A TCP proxy to `upstream` that hands every whole frame going one way to `rewrite` (shared by
+/// all connections) before passing it on. Returns the address to connect to.
+fn frame_proxy(
+    upstream: std::net::SocketAddr,
+    direction: Direction,
+    rewrite: impl FnMut(&mut Vec<u8>) + Send + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let flipped = Arc::new(AtomicU64::new(0));
-    let flips = flipped.clone();
+    let rewrite = Arc::new(Mutex::new(rewrite));
     std::thread::spawn(move || {
-        let values = Arc::new(AtomicU64::new(0));
         for client in listener.incoming() {
             let Ok(client) = client else { return };
             let Ok(server) = TcpStream::connect(upstream) else {
                 return;
             };
-            let (mut c_read, mut s_write) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (from, to) = match direction {
+                Direction::Requests => (client, server),
+                Direction::Replies => (server, client),
+            };
+            let (mut back_from, mut back_to) = (to.try_clone().unwrap(), from.try_clone().unwrap());
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c_read, &mut s_write);
+                let _ = std::io::copy(&mut back_from, &mut back_to);
             });
-            let (mut s_read, mut c_write) = (server, client);
-            let (values, flips) = (values.clone(), flips.clone());
+            let (mut from, mut to, rewrite) = (from, to, rewrite.clone());
             std::thread::spawn(move || loop {
                 let mut prefix = [0u8; 4];
-                if s_read.read_exact(&mut prefix).is_err() {
+                if from.read_exact(&mut prefix).is_err() {
                     return;
                 }
                 let mut frame = prefix.to_vec();
                 frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
-                if s_read.read_exact(&mut frame[4..]).is_err() {
+                if from.read_exact(&mut frame[4..]).is_err() {
                     return;
                 }
-                let at = match ResponseView::decode(&frame) {
-                    Ok(ResponseView {
-                        body: ReplyView::Value { value, .. },
-                        ..
-                    }) if !value.is_empty() => {
-                        Some(value.as_ptr() as usize - frame.as_ptr() as usize)
-                    }
-                    _ => None,
-                };
-                if let Some(at) = at {
-                    if values.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
-                        frame[at] ^= 0x20;
-                        flips.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                if c_write.write_all(&frame).is_err() {
+                (rewrite.lock().unwrap())(&mut frame);
+                if to.write_all(&frame).is_err() {
                     return;
                 }
             });
         }
     });
-    (addr, flipped)
+    addr
 }
 
 #[test]
@@ -456,60 +476,30 @@ type LastRewritten = Arc<Mutex<HashMap<Vec<u8>, bool>>>;
 /// stale values a read-back must find. Each key has one writer under --verify-keys, so the
 /// last Set of a key this proxy sees is the one the server keeps.
 fn rewriting_proxy(upstream: std::net::SocketAddr, every: u64) -> (String, LastRewritten) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let last_rewritten = Arc::new(Mutex::new(HashMap::new()));
-    let keys = last_rewritten.clone();
-    std::thread::spawn(move || {
-        let sets = Arc::new(AtomicU64::new(0));
-        for client in listener.incoming() {
-            let Ok(client) = client else { return };
-            let Ok(server) = TcpStream::connect(upstream) else {
-                return;
-            };
-            let (mut s_read, mut c_write) =
-                (server.try_clone().unwrap(), client.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s_read, &mut c_write);
-            });
-            let (mut c_read, mut s_write) = (client, server);
-            let (sets, keys) = (sets.clone(), keys.clone());
-            std::thread::spawn(move || loop {
-                let mut prefix = [0u8; 4];
-                if c_read.read_exact(&mut prefix).is_err() {
-                    return;
-                }
-                let mut frame = prefix.to_vec();
-                frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
-                if c_read.read_exact(&mut frame[4..]).is_err() {
-                    return;
-                }
-                let set = match Request::decode(&frame) {
-                    Ok(Request {
-                        op: Op::Set { key, value, .. },
-                        ..
-                    }) if value.len() > 4 => Some((
-                        key.to_vec(),
-                        value.as_ptr() as usize - frame.as_ptr() as usize,
-                        value.len(),
-                    )),
-                    _ => None,
-                };
-                if let Some((key, at, len)) = set {
-                    let rewrite = sets.fetch_add(1, Ordering::SeqCst) % every == every - 1;
-                    if rewrite {
-                        let value = &mut frame[at..at + len];
-                        value[0] ^= 0x20;
-                        let body = len - 4;
-                        let crc = crc32c::crc32c_append(crc32c::crc32c(&key), &value[..body]);
-                        value[body..].copy_from_slice(&crc.to_le_bytes());
-                    }
-                    keys.lock().unwrap().insert(key, rewrite);
-                }
-                if s_write.write_all(&frame).is_err() {
-                    return;
-                }
-            });
+    let (sets, keys) = (Arc::new(AtomicU64::new(0)), last_rewritten.clone());
+    let addr = frame_proxy(upstream, Direction::Requests, move |frame: &mut Vec<u8>| {
+        let set = match Request::decode(frame) {
+            Ok(Request {
+                op: Op::Set { key, value, .. },
+                ..
+            }) if value.len() > 4 => Some((
+                key.to_vec(),
+                value.as_ptr() as usize - frame.as_ptr() as usize,
+                value.len(),
+            )),
+            _ => None,
+        };
+        if let Some((key, at, len)) = set {
+            let rewrite = sets.fetch_add(1, Ordering::SeqCst) % every == every - 1;
+            if rewrite {
+                let value = &mut frame[at..at + len];
+                value[0] ^= 0x20;
+                let body = len - 4;
+                let crc = crc32c::crc32c_append(crc32c::crc32c(&key), &value[..body]);
+                value[body..].copy_from_slice(&crc.to_le_bytes());
+            }
+            keys.lock().unwrap().insert(key, rewrite);
         }
     });
     (addr, last_rewritten)
