@@ -85,16 +85,7 @@ start_server() {
 # stop_server: SIGTERM, wait (10 s), then SIGKILL; prints the exit report's per-core lines.
 stop_server() {
   [ -n "$server_pid" ] || return 0
-  kill -TERM "$server_pid" 2>/dev/null
-  for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$server_pid" 2>/dev/null; then
-    echo "percore did not exit within 10 s of SIGTERM; killing it"
-    kill -KILL "$server_pid" 2>/dev/null
-  fi
-  wait "$server_pid" 2>/dev/null
+  stop_percore "$server_pid" 10
   echo "server exit status $?; exit report per core:"
   grep '^core ' "$server_out" | sed 's/^/  /'
   server_pid=""

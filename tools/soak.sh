@@ -189,16 +189,7 @@ for _ in $(seq 100); do
 done
 rss_after=$(status_kb "$server_pid")
 
-kill -TERM "$server_pid" 2>/dev/null
-for _ in $(seq 150); do
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if kill -0 "$server_pid" 2>/dev/null; then
-  echo "percore did not exit within 15 s of SIGTERM; killing it"
-  kill -KILL "$server_pid" 2>/dev/null
-fi
-wait "$server_pid" 2>/dev/null
+stop_percore "$server_pid" 15
 server_rc=$?
 server_pid=""
 echo "== percore exited with status $server_rc; exit report per core:"

@@ -22,3 +22,19 @@ wait_listening() {
 proc_status_kb() {
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
 }
+
+# stop_percore PID SECONDS: SIGTERM, then SIGKILL if it has not exited within SECONDS; returns
+# its exit status.
+stop_percore() {
+  local pid=$1 seconds=$2
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq $((seconds * 10))); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "percore did not exit within $seconds s of SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null
+  fi
+  wait "$pid" 2>/dev/null
+}
