@@ -318,6 +318,44 @@ fn requests(c: &mut Criterion) {
     decode.finish();
 }
 
+/// A Ping reply carrying `body`, or a Value reply holding it, in each of the three encodings.
+fn fbs_reply(is_ping: bool, body: &str) -> Reply<'_> {
+    if is_ping {
+        Reply::Ping {
+            payload: body.as_bytes(),
+        }
+    } else {
+        Reply::Value {
+            value: body.as_bytes(),
+            ttl_ms: 0,
+        }
+    }
+}
+
+fn pb_reply(is_ping: bool, body: &str) -> PbReply {
+    if is_ping {
+        PbReply::Ping(PbPing {
+            payload: body.as_bytes().to_vec(),
+        })
+    } else {
+        PbReply::Value(PbValue {
+            value: body.as_bytes().to_vec(),
+            ttl_ms: 0,
+        })
+    }
+}
+
+fn json_reply(is_ping: bool, body: &str) -> JsonReply<'_> {
+    if is_ping {
+        JsonReply::Ping { payload: body }
+    } else {
+        JsonReply::Value {
+            value: body,
+            ttl_ms: 0,
+        }
+    }
+}
+
 fn replies(c: &mut Criterion) {
     let value_100 = text(100);
     let value_4k = text(4096);
@@ -331,16 +369,7 @@ fn replies(c: &mut Criterion) {
     let mut encode = c.benchmark_group("reply-encode");
     for (name, is_ping, body) in cases {
         encode.throughput(Throughput::Bytes(body.len() as u64));
-        let reply = if is_ping {
-            Reply::Ping {
-                payload: body.as_bytes(),
-            }
-        } else {
-            Reply::Value {
-                value: body.as_bytes(),
-                ttl_ms: 0,
-            }
-        };
+        let reply = fbs_reply(is_ping, body);
         let mut fbs = ResponseEncoder::new();
         let mut out = BytesMut::with_capacity(1 << 16);
         encode.bench_function(BenchmarkId::new("flatbuffers", name), |b| {
@@ -354,16 +383,7 @@ fn replies(c: &mut Criterion) {
         encode.bench_function(BenchmarkId::new("prost", name), |b| {
             b.iter(|| {
                 out.clear();
-                let body = if is_ping {
-                    PbReply::Ping(PbPing {
-                        payload: body.as_bytes().to_vec(),
-                    })
-                } else {
-                    PbReply::Value(PbValue {
-                        value: body.as_bytes().to_vec(),
-                        ttl_ms: 0,
-                    })
-                };
+                let body = pb_reply(is_ping, body);
                 let m = PbResponse {
                     id: black_box(7),
                     status: 0,
@@ -377,14 +397,7 @@ fn replies(c: &mut Criterion) {
         encode.bench_function(BenchmarkId::new("serde_json", name), |b| {
             b.iter(|| {
                 out.clear();
-                let body = if is_ping {
-                    JsonReply::Ping { payload: body }
-                } else {
-                    JsonReply::Value {
-                        value: body,
-                        ttl_ms: 0,
-                    }
-                };
+                let body = json_reply(is_ping, body);
                 let m = JsonResponse {
                     id: black_box(7),
                     status: 0,
@@ -402,16 +415,7 @@ fn replies(c: &mut Criterion) {
     for (name, is_ping, body) in cases {
         decode.throughput(Throughput::Bytes(body.len() as u64));
         let mut frame = BytesMut::new();
-        let reply = if is_ping {
-            Reply::Ping {
-                payload: body.as_bytes(),
-            }
-        } else {
-            Reply::Value {
-                value: body.as_bytes(),
-                ttl_ms: 0,
-            }
-        };
+        let reply = fbs_reply(is_ping, body);
         ResponseEncoder::new().ok(7, &reply, &mut frame);
         decode.bench_function(BenchmarkId::new("flatbuffers", name), |b| {
             b.iter(|| {
@@ -425,16 +429,7 @@ fn replies(c: &mut Criterion) {
             })
         });
         let mut pb = Vec::new();
-        let pb_body = if is_ping {
-            PbReply::Ping(PbPing {
-                payload: body.as_bytes().to_vec(),
-            })
-        } else {
-            PbReply::Value(PbValue {
-                value: body.as_bytes().to_vec(),
-                ttl_ms: 0,
-            })
-        };
+        let pb_body = pb_reply(is_ping, body);
         let m = PbResponse {
             id: 7,
             status: 0,
@@ -454,14 +449,7 @@ fn replies(c: &mut Criterion) {
                 black_box(m.id as usize + n + m.status as usize)
             })
         });
-        let json_body = if is_ping {
-            JsonReply::Ping { payload: body }
-        } else {
-            JsonReply::Value {
-                value: body,
-                ttl_ms: 0,
-            }
-        };
+        let json_body = json_reply(is_ping, body);
         let json = serde_json::to_vec(&JsonResponse {
             id: 7,
             status: 0,
