@@ -100,9 +100,9 @@ impl ConnShared {
         let mut replies = self.replies.borrow_mut();
         if replies.len() + completion.frame.len() > OWED_HARD_CAP {
             drop(replies);
-            // This reply is lost with the connection and counted as unanswered.
+            // Dropped with the connection. Not counted as completed: the request stays in
+            // flight, which is how the close counts it as unanswered.
             shard.pool.give(completion.frame);
-            self.completed.set(self.completed.get() + 1);
             self.close(CloseReason::SlowReader);
             return;
         }

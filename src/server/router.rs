@@ -12,7 +12,7 @@ use super::peer::{self, Forwarded, PeerRequest, Pending};
 use super::shard::Shard;
 use crate::error::RequestError;
 use crate::ops;
-use crate::protocol::request::Request;
+use crate::protocol::request::{Rejected, Request};
 use crate::protocol::shard::{key_hash, owner_of_hash};
 use crate::protocol::{Op, OpKind};
 use crate::runtime;
@@ -76,11 +76,7 @@ pub fn route(
         Ok(request) => request,
         Err(rejected) => {
             release(shard, reserved);
-            shard.metrics.borrow_mut().rejected += 1;
-            shard
-                .encoder
-                .borrow_mut()
-                .error(rejected.id, &rejected.error, output);
+            reject(shard, rejected, output);
             return Routed::Answered;
         }
     };
@@ -155,22 +151,25 @@ pub fn route(
 /// Answers a frame read after the drain began with `ShuttingDown`, without running it. It
 /// counts as a request read and answered, so that every request read has its reply.
 pub fn refuse_shutting_down(shard: &Shard, frame: &[u8], output: &mut BytesMut, batch: &mut Batch) {
-    let error = RequestError::ShuttingDown;
     match Request::decode(frame) {
         Ok(request) => {
             let kind = request.op.kind();
             shard.metrics.borrow_mut().requests[kind.index()] += 1;
             batch.answered[kind.index()] += 1;
+            let error = RequestError::ShuttingDown;
             shard.encoder.borrow_mut().error(request.id, &error, output);
         }
-        Err(rejected) => {
-            shard.metrics.borrow_mut().rejected += 1;
-            shard
-                .encoder
-                .borrow_mut()
-                .error(rejected.id, &rejected.error, output);
-        }
+        Err(rejected) => reject(shard, rejected, output),
     }
+}
+
+/// Answers a frame that failed decoding with its error, under the id it could read.
+fn reject(shard: &Shard, rejected: Rejected, output: &mut BytesMut) {
+    shard.metrics.borrow_mut().rejected += 1;
+    shard
+        .encoder
+        .borrow_mut()
+        .error(rejected.id, &rejected.error, output);
 }
 
 /// Sends a key-value request to the core that owns its key.
