@@ -8,6 +8,7 @@
 #   tools/measure-interrupts.sh                       (builds the release workspace first)
 #   BEFORE=/path/to/old/percore tools/measure-interrupts.sh
 #   VARIANTS="poll0=--idle-poll 0" tools/measure-interrupts.sh
+#   LOAD=/path/to/old/percore-load tools/measure-interrupts.sh   (drive with another generator)
 #
 # Settings (environment): ROUNDS [3], DURATION [5s], SCENARIOS [ping-p1 ping-p16 get-p16],
 # BEFORE [unset: a percore binary shown as percore-before], VARIANTS [unset: NAME=FLAGS;... extra
@@ -16,6 +17,7 @@ set -u
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --quiet
 bin=target/release
+load=${LOAD:-$bin/percore-load}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 SCENARIOS=${SCENARIOS:-ping-p1 ping-p16 get-p16}
@@ -51,7 +53,7 @@ run() { # round server scenario
   local r0 t0 c0 json
   json=$(mktemp)
   r0=$(res0); t0=$(date +%s.%N); c0=$(awk '{print $14+$15}' /proc/$pid/stat)
-  taskset -c 1 $bin/percore-load --target 127.0.0.1:$port --cores 1 --duration "$DURATION" \
+  taskset -c 1 "$load" --target 127.0.0.1:$port --cores 1 --duration "$DURATION" \
     --workload "$workload" --connections 32 --pipeline "$pipeline" "${extra[@]}" --json "$json" \
     >/dev/null 2>&1
   local r1 t1 c1
