@@ -8,12 +8,22 @@
 //! (glommio's mesh hangs exactly that way when small channels fill under load). A task that
 //! needs a permit waits for one; only that task stalls, and the reply that frees the permit is
 //! received by a different task.
+//!
+//! Messages are received the way Seastar's reactor polls its cross-core queues: while the core
+//! is busy, its poller checks each channel between the other tasks' turns and wakes the
+//! receiving task itself, so a message costs no glommio scheduler pass and no wake-up of a
+//! sleeping core. Each channel counts what was sent into it and taken out of it for that check.
+//! Once the core has gone quiet, receivers wait through glommio, which can sleep.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::sync::Semaphore;
+
+use super::poller::{self, Poller, Readiness};
 
 /// One core's unconnected ends of the mesh; `Send`, so it can be moved into its executor.
 pub struct MeshEnds<Req: Send + 'static, Rep: Send + 'static> {
@@ -22,11 +32,37 @@ pub struct MeshEnds<Req: Send + 'static, Rep: Send + 'static> {
     links: Vec<Option<LinkEnds<Req, Rep>>>,
 }
 
+/// An unconnected end of a channel, with the channel's traffic counts.
+type End<E> = (E, Arc<Traffic>);
+
 struct LinkEnds<Req: Send + 'static, Rep: Send + 'static> {
-    requests_out: SharedSender<Req>,
-    requests_in: SharedReceiver<Req>,
-    replies_out: SharedSender<Rep>,
-    replies_in: SharedReceiver<Rep>,
+    requests_out: End<SharedSender<Req>>,
+    requests_in: End<SharedReceiver<Req>>,
+    replies_out: End<SharedSender<Rep>>,
+    replies_in: End<SharedReceiver<Rep>>,
+}
+
+/// What has gone through one channel. Only the sending core writes `sent` and `closed`, and
+/// only the receiving core `taken`.
+#[derive(Default)]
+struct Traffic {
+    sent: AtomicU64,
+    taken: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Traffic {
+    /// Whether a receive would complete now: a message is there, or the sender has closed.
+    fn waiting(&self) -> bool {
+        self.sent.load(Ordering::Acquire) != self.taken.load(Ordering::Relaxed)
+            || self.closed.load(Ordering::Acquire)
+    }
+}
+
+fn channel<T: Send + 'static>(capacity: usize) -> (End<SharedSender<T>>, End<SharedReceiver<T>>) {
+    let (tx, rx) = shared_channel::new_bounded(capacity);
+    let traffic = Arc::new(Traffic::default());
+    ((tx, traffic.clone()), (rx, traffic))
 }
 
 /// Builds the mesh for `cores` executors with `capacity` slots per channel. Element i goes to
@@ -35,7 +71,7 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
     cores: usize,
     capacity: usize,
 ) -> Vec<MeshEnds<Req, Rep>> {
-    type Slot<T> = Option<T>;
+    type Slot<T> = Option<End<T>>;
     // requests[a][b]: the channel a→b; replies[a][b]: the channel b→a answering a's requests.
     let mut req_tx: Vec<Vec<Slot<SharedSender<Req>>>> = Vec::new();
     let mut req_rx: Vec<Vec<Slot<SharedReceiver<Req>>>> = Vec::new();
@@ -52,10 +88,10 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
             if a == b {
                 continue;
             }
-            let (tx, rx) = shared_channel::new_bounded(capacity);
+            let (tx, rx) = channel(capacity);
             req_tx[a][b] = Some(tx); // a sends requests to b
             req_rx[b][a] = Some(rx); // b receives requests from a
-            let (tx, rx) = shared_channel::new_bounded(capacity);
+            let (tx, rx) = channel(capacity);
             rep_tx[b][a] = Some(tx); // b replies to a
             rep_rx[a][b] = Some(rx); // a receives b's replies
         }
@@ -80,24 +116,28 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
 
 impl<Req: Send + 'static, Rep: Send + 'static> MeshEnds<Req, Rep> {
     /// Connects every channel of this core. All cores must call it: each connection completes
-    /// when both of its ends are connected, so they are connected concurrently.
+    /// when both of its ends are connected, so they are connected concurrently. Call it after
+    /// [`poller::start`], so that messages are received through the core's poller.
     pub async fn connect(self) -> Mesh<Req, Rep> {
         let capacity = self.capacity as u64;
+        // Without a poller (it could not make its epoll set), receivers wait through glommio.
+        let poller = poller::current().ok();
         // One task per link, so no link waits behind another one's peer.
         let tasks: Vec<_> = self
             .links
             .into_iter()
             .map(|ends| {
                 ends.map(|e| {
+                    let poller = poller.clone();
                     glommio::spawn_local(async move {
                         let (requests_out, requests_in) = futures_lite::future::zip(
-                            e.requests_out.connect(),
-                            e.requests_in.connect(),
+                            Outbound::connect(e.requests_out),
+                            Inbound::connect(e.requests_in, poller.clone()),
                         )
                         .await;
                         let (replies_out, replies_in) = futures_lite::future::zip(
-                            e.replies_out.connect(),
-                            e.replies_in.connect(),
+                            Outbound::connect(e.replies_out),
+                            Inbound::connect(e.replies_in, poller),
                         )
                         .await;
                         Rc::new(Link {
@@ -133,11 +173,108 @@ pub struct Mesh<Req: Send + 'static, Rep: Send + 'static> {
 
 /// The channels between this core and one peer.
 pub struct Link<Req: Send + 'static, Rep: Send + 'static> {
-    requests_out: ConnectedSender<Req>,
-    requests_in: ConnectedReceiver<Req>,
-    replies_out: ConnectedSender<Rep>,
-    replies_in: ConnectedReceiver<Rep>,
+    requests_out: Outbound<Req>,
+    requests_in: Inbound<Req>,
+    replies_out: Outbound<Rep>,
+    replies_in: Inbound<Rep>,
     permits: Semaphore,
+}
+
+/// The sending end of one channel.
+struct Outbound<T: Send + 'static> {
+    channel: ConnectedSender<T>,
+    traffic: Arc<Traffic>,
+}
+
+impl<T: Send + 'static> Outbound<T> {
+    async fn connect((channel, traffic): End<SharedSender<T>>) -> Self {
+        Outbound {
+            channel: channel.connect().await,
+            traffic,
+        }
+    }
+
+    fn send(&self, item: T) -> Result<(), SendError<T>> {
+        self.channel
+            .try_send(item)
+            .map_err(|e| SendError(into_inner(e)))?;
+        self.traffic.sent.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.channel.close();
+        self.traffic.closed.store(true, Ordering::Release);
+    }
+}
+
+/// The receiving end of one channel, watched by this core's poller.
+struct Inbound<T: Send + 'static> {
+    channel: ConnectedReceiver<T>,
+    traffic: Arc<Traffic>,
+    watch: Option<(Rc<Poller>, usize)>,
+}
+
+impl<T: Send + 'static> Inbound<T> {
+    async fn connect(
+        (channel, traffic): End<SharedReceiver<T>>,
+        poller: Option<Rc<Poller>>,
+    ) -> Self {
+        let watch = poller.map(|poller| {
+            let watched = traffic.clone();
+            let token = poller.watch(Box::new(move || watched.waiting()));
+            (poller, token)
+        });
+        Inbound {
+            channel: channel.connect().await,
+            traffic,
+            watch,
+        }
+    }
+
+    /// The next message; `None` once the sender has closed and everything sent was taken.
+    async fn recv(&self) -> Option<T> {
+        if let Some((poller, token)) = &self.watch {
+            while !self.traffic.waiting() {
+                if poller.wait_watch(*token).await == Readiness::Sleep {
+                    // The core has gone quiet: wait through glommio, which can sleep, until a
+                    // message arrives or something else wakes the core and its poller.
+                    let received = futures_lite::future::or(
+                        async { Some(self.channel.recv().await) },
+                        async {
+                            poller.awake().await;
+                            None
+                        },
+                    )
+                    .await;
+                    if let Some(message) = received {
+                        return self.taken(message);
+                    }
+                }
+            }
+        }
+        // A message is there (or the sender has closed): this completes at once.
+        let message = self.channel.recv().await;
+        self.taken(message)
+    }
+
+    fn taken(&self, message: Option<T>) -> Option<T> {
+        if message.is_some() {
+            self.traffic.taken.fetch_add(1, Ordering::Relaxed);
+            if let Some((poller, _)) = &self.watch {
+                poller.wake_up();
+            }
+        }
+        message
+    }
+}
+
+impl<T: Send + 'static> Drop for Inbound<T> {
+    fn drop(&mut self) {
+        if let Some((poller, token)) = &self.watch {
+            poller.unwatch(*token);
+        }
+    }
 }
 
 /// Why a message could not be sent: the peer has shut down, or (never, by construction) the
@@ -183,10 +320,9 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
 
     /// Sends a request to the peer; the caller holds a permit from [`Self::reserve`].
     pub fn send_request(&self, request: Req) -> Result<(), SendError<Req>> {
-        self.requests_out.try_send(request).map_err(|e| {
-            self.permits.signal(1);
-            SendError(into_inner(e))
-        })
+        self.requests_out
+            .send(request)
+            .inspect_err(|_| self.permits.signal(1))
     }
 
     /// The next request from the peer; `None` once the peer has closed its side.
@@ -196,9 +332,7 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
 
     /// Answers a request received from the peer. Never waits: see the module comment.
     pub fn send_reply(&self, reply: Rep) -> Result<(), SendError<Rep>> {
-        self.replies_out
-            .try_send(reply)
-            .map_err(|e| SendError(into_inner(e)))
+        self.replies_out.send(reply)
     }
 
     /// The next reply from the peer, returning its permit; `None` once the peer has closed.

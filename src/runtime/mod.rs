@@ -173,6 +173,7 @@ impl BackgroundQueue {
 
 /// Sleeps for `duration` on the current executor.
 pub async fn sleep(duration: Duration) {
+    poller::expect_timer(duration);
     glommio::timer::sleep(duration).await
 }
 

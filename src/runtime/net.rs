@@ -90,9 +90,9 @@ impl Listener {
 
 /// One TCP connection, owned by the core that accepted or opened it.
 ///
-/// Reads go through the core's [`Poller`] while the core is busy and through glommio's io_uring
-/// poll when it is quiet (see [`super::poller`]); writes go through glommio, which sends at
-/// once and polls only when the socket buffer is full.
+/// Reads and writes are plain non-blocking system calls. When a socket has nothing to read or
+/// no room to write, the connection waits on the core's [`Poller`] while the core is busy and
+/// through glommio's io_uring poll when it is quiet (see [`super::poller`]).
 pub struct Conn {
     stream: glommio::net::TcpStream,
     poller: Rc<Poller>,
@@ -237,12 +237,40 @@ impl Conn {
     /// Writes some of `data`, waiting until the socket takes at least one byte. Dropping the
     /// future before it completes writes nothing.
     pub async fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.stream.write(data).await
+        loop {
+            match self.send(data) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.poller.blocked(self.token),
+                sent => return sent,
+            }
+            if self.poller.wait_writable(self.token).await == Readiness::Sleep {
+                // The core is going quiet: glommio waits for room (and sleeps meanwhile).
+                return self.stream.write(data).await;
+            }
+        }
     }
 
     /// Writes all of `data`.
-    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.stream.write_all(data).await
+    pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.write(data).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => data = &data[n..],
+            }
+        }
+        Ok(())
+    }
+
+    /// One non-blocking `send` of `data`.
+    fn send(&self, data: &[u8]) -> io::Result<usize> {
+        // SAFETY: the fd belongs to `self.stream`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+        let socket = SockRef::from(&fd);
+        loop {
+            match socket.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                sent => return sent,
+            }
+        }
     }
 
     /// Closes the sending side; the peer reads end of stream after what was written.

@@ -9,17 +9,24 @@
 //!
 //! So while the core is busy its connections do not ask glommio. Each socket is registered once,
 //! edge-triggered, in the core's epoll set; a connection whose socket is drained waits here, and
-//! one [`Poller`] task asks the kernel about all of them with one non-blocking `epoll_wait` per
-//! scheduling round. When that has found nothing for the idle-poll window (the core has gone
-//! quiet), the poller hands every waiting connection back to glommio, whose io_uring poll then
-//! lets the executor sleep. The first connection that wakes from that sleep restarts the poller.
-//! The window trades a little CPU after the last request (at most the window, once per quiet
-//! spell) for not paying glommio's wake-up path while requests keep coming; Seastar's reactor
-//! makes the same trade with its idle-poll time.
+//! one [`Poller`] task asks the kernel about all of them with non-blocking `epoll_wait`s taken
+//! between the other tasks' turns. It also keeps glommio's scheduler pass going while nothing
+//! needs glommio (see [`PASS_BUDGET`]), because each pass costs glommio a system call and
+//! allocations. When the looks have found nothing, and no other core has sent anything, for the
+//! idle-poll window (the core has gone quiet), the poller hands every waiting connection back to
+//! glommio, whose io_uring poll then lets the executor sleep. The first connection or message
+//! that wakes the core restarts the poller. The window trades a little CPU after the last
+//! request (at most the window, once per quiet spell) for not paying glommio's sleep and wake-up
+//! path while requests keep coming; Seastar's reactor makes the same trade with its idle-poll
+//! time.
 
 use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -35,10 +42,29 @@ pub const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(20);
 /// Events taken from the kernel per `epoll_wait`; more simply wait for the next pass.
 const EVENTS_PER_WAIT: usize = 256;
 
-/// Looks the poller takes within one glommio scheduler pass while they keep finding events.
-const ROUNDS_PER_PASS: usize = 4;
+/// How long the poller keeps one glommio scheduler pass going while nothing needs glommio.
+///
+/// glommio reaps io_uring (timers, accepts, reads it was asked to do) only between passes, and
+/// every pass costs it a preemption-timer submission, a system call and several allocations.
+/// So while the core is busy the poller yields to the other tasks and looks again within the
+/// same pass, ending it as soon as glommio has something to deliver: a completion on its
+/// latency ring (accepts and reads), or a short timer falling due. Sockets and messages from
+/// other cores need no pass: the poller watches them itself. What it cannot see (a completion
+/// on glommio's main ring, such as a close, or a timer longer than [`SHORT_TIMER`]) is delivered
+/// at most this late.
+const PASS_BUDGET: Duration = Duration::from_millis(10);
 
-/// The poller's timer between two looks: due by the time the executor has run everything else.
+/// Looks in a row that must find nothing, besides the idle-poll window passing, before the
+/// poller lets the core sleep.
+const QUIET_LOOKS: u32 = 8;
+
+/// Timers up to this long are tracked by the poller (see [`expect_timer`]).
+const SHORT_TIMER: Duration = Duration::from_millis(50);
+
+/// The poller's timer that ends a pass. glommio registers a timer only if it is not yet due
+/// when first polled, and parks the executor (an io_uring sleep, with its own allocations) if
+/// nothing is due when it next looks; so the timer is set this far ahead, and the poller waits
+/// that long before it lets the pass end.
 const NEXT_PASS: Duration = Duration::from_micros(1);
 
 /// What a waiting connection should do next.
@@ -58,7 +84,19 @@ struct Entry {
     /// drain the data in front of an end of stream that has already arrived, and no new edge
     /// would ever announce it.
     hung_up: bool,
-    /// The connection's task while it waits here.
+    /// The connection's task while it waits here to read.
+    waiter: Option<Waker>,
+    /// The socket may take more bytes. Cleared by a `send` that found its buffer full; the
+    /// edge-triggered event that follows when room frees up sets it again.
+    writable: bool,
+    /// The connection's task while it waits here to write.
+    write_waiter: Option<Waker>,
+}
+
+/// Something other than a socket that a task waits on through the poller: a check that is true
+/// once the wait would end (a message from another core has arrived).
+struct Watch {
+    ready: Box<dyn Fn() -> bool>,
     waiter: Option<Waker>,
 }
 
@@ -66,11 +104,14 @@ struct Entry {
 pub struct Poller {
     epoll: OwnedFd,
     entries: RefCell<Slab<Entry>>,
-    /// Entries with a waiter.
-    waiting: Cell<usize>,
+    watches: RefCell<Slab<Watch>>,
+    /// Tasks waiting through glommio that want to know when the poller restarts.
+    restart_waiters: RefCell<Vec<Waker>>,
+    /// When short glommio timers fall due (see [`expect_timer`]); earliest first.
+    deadlines: RefCell<BinaryHeap<Reverse<Instant>>>,
     /// The poller handed its waiters to glommio and stopped; the next wake-up restarts it.
     asleep: Cell<bool>,
-    /// The poller task, while it has nothing to poll for.
+    /// The poller task, while it is asleep.
     task: RefCell<Option<Waker>>,
     idle_poll: Cell<Duration>,
     executor: usize,
@@ -91,6 +132,27 @@ pub fn start(window: Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// Tells this executor's poller that a glommio timer of `duration` has just been set, so that it
+/// ends its scheduler pass when the timer falls due (glommio fires timers only between passes).
+/// Longer timers than [`SHORT_TIMER`] are left alone: they are late by at most [`PASS_BUDGET`].
+pub fn expect_timer(duration: Duration) {
+    if duration > SHORT_TIMER {
+        return;
+    }
+    POLLER.with(|slot| {
+        if let Some(poller) = slot.borrow().as_ref() {
+            let now = Instant::now();
+            let mut deadlines = poller.deadlines.borrow_mut();
+            // Drop what has passed (the poller may be asleep and not taking them), so the heap
+            // holds at most the timers set in the last SHORT_TIMER.
+            while deadlines.peek().is_some_and(|Reverse(at)| *at <= now) {
+                deadlines.pop();
+            }
+            deadlines.push(Reverse(now + duration));
+        }
+    });
+}
+
 /// This executor's poller, made (and its task started) on first use.
 pub fn current() -> io::Result<Rc<Poller>> {
     let executor = glommio::executor().id();
@@ -108,8 +170,10 @@ pub fn current() -> io::Result<Rc<Poller>> {
             // SAFETY: a new descriptor that nothing else owns.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             entries: RefCell::new(Slab::new()),
-            waiting: Cell::new(0),
-            asleep: Cell::new(false),
+            watches: RefCell::new(Slab::new()),
+            restart_waiters: RefCell::new(Vec::new()),
+            deadlines: RefCell::new(BinaryHeap::new()),
+            asleep: Cell::new(true),
             task: RefCell::new(None),
             idle_poll: Cell::new(IDLE_POLL.with(Cell::get)),
             executor,
@@ -127,9 +191,11 @@ impl Poller {
             ready: true,
             hung_up: false,
             waiter: None,
+            writable: true,
+            write_waiter: None,
         });
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: token as u64,
         };
         // SAFETY: both descriptors are open; the event is a valid epoll_event.
@@ -153,11 +219,7 @@ impl Poller {
                 std::ptr::null_mut(),
             )
         };
-        if let Some(entry) = self.entries.borrow_mut().try_remove(token) {
-            if entry.waiter.is_some() {
-                self.waiting.set(self.waiting.get() - 1);
-            }
-        }
+        self.entries.borrow_mut().try_remove(token);
     }
 
     /// Whether a `recv` on the socket may find something.
@@ -179,7 +241,108 @@ impl Poller {
             entry.ready = true;
         }
         // Something arrived while the core slept: it is busy again.
-        self.asleep.set(false);
+        self.wake_up();
+    }
+
+    /// The core has work again: restart the poller if it was asleep (and polling is on).
+    pub fn wake_up(&self) {
+        if self.asleep.get() && !self.idle_poll.get().is_zero() {
+            self.asleep.set(false);
+            if let Some(task) = self.task.borrow_mut().take() {
+                task.wake();
+            }
+            for waiter in self.restart_waiters.borrow_mut().drain(..) {
+                waiter.wake();
+            }
+        }
+    }
+
+    /// Completes once the poller is running (at once if it is).
+    pub async fn awake(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.asleep.get() {
+                return Poll::Ready(());
+            }
+            let mut waiters = self.restart_waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Adds a check to run on every look while a task waits on it; the returned token names it.
+    pub fn watch(&self, ready: Box<dyn Fn() -> bool>) -> usize {
+        self.watches.borrow_mut().insert(Watch {
+            ready,
+            waiter: None,
+        })
+    }
+
+    pub fn unwatch(&self, token: usize) {
+        self.watches.borrow_mut().try_remove(token);
+    }
+
+    /// Waits until the watch's check is true, or until the core goes quiet.
+    pub async fn wait_watch(&self, token: usize) -> Readiness {
+        std::future::poll_fn(|cx| {
+            let mut watches = self.watches.borrow_mut();
+            let Some(watch) = watches.get_mut(token) else {
+                return Poll::Ready(Readiness::Ready);
+            };
+            if (watch.ready)() {
+                watch.waiter = None;
+                Poll::Ready(Readiness::Ready)
+            } else if self.asleep.get() {
+                watch.waiter = None;
+                Poll::Ready(Readiness::Sleep)
+            } else {
+                if !watch
+                    .waiter
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    watch.waiter = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Records that a `send` found the socket's buffer full.
+    pub fn blocked(&self, token: usize) {
+        if let Some(entry) = self.entries.borrow_mut().get_mut(token) {
+            entry.writable = entry.hung_up;
+        }
+    }
+
+    /// Waits until the socket may take more bytes, or until the core goes quiet.
+    pub async fn wait_writable(&self, token: usize) -> Readiness {
+        std::future::poll_fn(|cx| {
+            let mut entries = self.entries.borrow_mut();
+            let Some(entry) = entries.get_mut(token) else {
+                return Poll::Ready(Readiness::Ready);
+            };
+            if entry.writable {
+                entry.write_waiter = None;
+                Poll::Ready(Readiness::Ready)
+            } else if self.asleep.get() {
+                entry.write_waiter = None;
+                Poll::Ready(Readiness::Sleep)
+            } else {
+                if !entry
+                    .write_waiter
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    entry.write_waiter = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Waits until the socket may have data, or until the core goes quiet.
@@ -193,79 +356,75 @@ impl Poller {
             return Poll::Ready(Readiness::Ready);
         };
         if entry.ready {
-            if entry.waiter.take().is_some() {
-                self.waiting.set(self.waiting.get() - 1);
-            }
+            entry.waiter = None;
             return Poll::Ready(Readiness::Ready);
         }
-        if self.asleep.get() || self.idle_poll.get().is_zero() {
-            if entry.waiter.take().is_some() {
-                self.waiting.set(self.waiting.get() - 1);
-            }
+        if self.asleep.get() {
+            entry.waiter = None;
             return Poll::Ready(Readiness::Sleep);
         }
         match &entry.waiter {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => {
-                if entry.waiter.replace(cx.waker().clone()).is_none() {
-                    self.waiting.set(self.waiting.get() + 1);
-                }
-            }
-        }
-        drop(entries);
-        if let Some(task) = self.task.borrow_mut().take() {
-            task.wake();
+            _ => entry.waiter = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
 
-    /// The poller task: one `epoll_wait` per pass of the executor while anyone waits and the
-    /// core is busy; asleep otherwise.
+    /// The poller task: non-blocking `epoll_wait`s between the other tasks' turns while anyone
+    /// waits and the core is busy; asleep otherwise.
     async fn run(self: Rc<Self>) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
-        // Between two looks the poller waits on a timer that is already due, not on a yield: a
-        // task that only yields would keep glommio's scheduler from ever finishing a pass, and
-        // glommio reaps io_uring (accepts, messages from other cores, timers) only between
-        // passes. One timer, reset each time, so the wait allocates nothing.
+        // A pass ends on a timer that is already due, not on a yield: yields alone would keep
+        // glommio's scheduler from ever finishing a pass. One timer, reset each time, so the
+        // wait allocates nothing.
         let mut next_pass = glommio::timer::Timer::new(Duration::ZERO);
-        // Since when the passes have found nothing; the clock is read only then.
+        let executor = glommio::executor();
+        // Since when the looks have found nothing.
         let mut quiet_since: Option<Instant> = None;
+        let mut empty_looks = 0;
+        let mut pass_started = Instant::now();
         loop {
-            if self.waiting.get() == 0 || self.asleep.get() {
+            if self.asleep.get() {
                 std::future::poll_fn(|cx| {
-                    if self.waiting.get() > 0 && !self.asleep.get() {
-                        Poll::Ready(())
-                    } else {
+                    if self.asleep.get() {
                         *self.task.borrow_mut() = Some(cx.waker().clone());
                         Poll::Pending
+                    } else {
+                        Poll::Ready(())
                     }
                 })
                 .await;
                 quiet_since = None;
+                empty_looks = 0;
+                pass_started = Instant::now();
             }
-            if self.poll_once(&mut events) > 0 {
+            let found = self.poll_once(&mut events) + self.poll_watches() > 0;
+            // Something only a glommio pass delivers: a completion on its latency ring (an
+            // accept, a read through glommio), or a timer.
+            let now = Instant::now();
+            let delivery = executor.need_preempt() || self.timer_due(now);
+            if found || delivery {
                 quiet_since = None;
-                // While looks keep finding work, take a few more inside this glommio pass:
-                // every pass costs glommio a preemption-timer submission and allocations, and
-                // a short run of yields delays its reaping of io_uring by microseconds only.
-                let mut rounds = 1;
-                while rounds < ROUNDS_PER_PASS {
-                    futures_lite::future::yield_now().await;
-                    if self.waiting.get() == 0 || self.poll_once(&mut events) == 0 {
-                        break;
-                    }
-                    rounds += 1;
-                }
+                empty_looks = 0;
             } else {
-                let now = Instant::now();
-                let since = *quiet_since.get_or_insert(now);
-                if now.saturating_duration_since(since) >= self.idle_poll.get() {
+                empty_looks += 1;
+                // Quiet for the window, and over enough looks that the window was not simply
+                // spent descheduled (on a shared CPU the thread can be off it for milliseconds).
+                if now.saturating_duration_since(*quiet_since.get_or_insert(now))
+                    >= self.idle_poll.get()
+                    && empty_looks >= QUIET_LOOKS
+                {
                     self.fall_asleep();
                     continue;
                 }
             }
-            next_pass.reset(NEXT_PASS);
-            (&mut next_pass).await;
+            if !delivery && now.saturating_duration_since(pass_started) < PASS_BUDGET {
+                // Let the rest of this pass run (other task queues too), then look again.
+                executor.yield_task_queue_now().await;
+            } else {
+                end_pass(&mut next_pass).await;
+                pass_started = Instant::now();
+            }
         }
     }
 
@@ -285,29 +444,85 @@ impl Poller {
             return 0;
         }
         let hang_up = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        let room = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         let mut entries = self.entries.borrow_mut();
         for event in &events[..n as usize] {
             if let Some(entry) = entries.get_mut(event.u64 as usize) {
+                // Every event may carry data: a later readable edge may be merged into it.
                 entry.ready = true;
                 entry.hung_up |= event.events & hang_up != 0;
                 if let Some(waiter) = entry.waiter.take() {
-                    self.waiting.set(self.waiting.get() - 1);
                     waiter.wake();
+                }
+                if event.events & room != 0 {
+                    entry.writable = true;
+                    if let Some(waiter) = entry.write_waiter.take() {
+                        waiter.wake();
+                    }
                 }
             }
         }
         n as usize
     }
 
+    /// Whether a short timer has fallen due; forgets those that have.
+    fn timer_due(&self, now: Instant) -> bool {
+        let mut deadlines = self.deadlines.borrow_mut();
+        let mut due = false;
+        while deadlines.peek().is_some_and(|Reverse(at)| *at <= now) {
+            deadlines.pop();
+            due = true;
+        }
+        due
+    }
+
+    /// Runs the checks that tasks wait on; wakes those that are true. Returns how many.
+    fn poll_watches(&self) -> usize {
+        let mut woken = 0;
+        for (_, watch) in self.watches.borrow_mut().iter_mut() {
+            if watch.waiter.is_some() && (watch.ready)() {
+                if let Some(waiter) = watch.waiter.take() {
+                    waiter.wake();
+                    woken += 1;
+                }
+            }
+        }
+        woken
+    }
+
     /// The core has gone quiet: every waiter goes to wait through glommio, which can sleep.
     fn fall_asleep(&self) {
         self.asleep.set(true);
-        let mut entries = self.entries.borrow_mut();
-        for (_, entry) in entries.iter_mut() {
-            if let Some(waiter) = entry.waiter.take() {
+        for (_, watch) in self.watches.borrow_mut().iter_mut() {
+            if let Some(waiter) = watch.waiter.take() {
                 waiter.wake();
             }
         }
-        self.waiting.set(0);
+        let mut entries = self.entries.borrow_mut();
+        for (_, entry) in entries.iter_mut() {
+            for waiter in [entry.waiter.take(), entry.write_waiter.take()]
+                .into_iter()
+                .flatten()
+            {
+                waiter.wake();
+            }
+        }
     }
+}
+
+/// Lets glommio's current scheduler pass end and resumes in the next one, on `timer`.
+async fn end_pass(timer: &mut glommio::timer::Timer) {
+    timer.reset(NEXT_PASS);
+    let due = Instant::now() + NEXT_PASS;
+    std::future::poll_fn(|cx| {
+        let poll = Pin::new(&mut *timer).poll(cx);
+        if poll.is_pending() {
+            // Registered: make sure it is due when glommio looks, so it does not park.
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        poll.map(|_| ())
+    })
+    .await
 }
