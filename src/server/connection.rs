@@ -231,6 +231,11 @@ impl Session<'_> {
             if self.shared.completed.get() > 0 {
                 continue;
             }
+            // Whole frames wait behind a reply that filled the output (now written): route
+            // them. Only a full in-flight window needs a completion first.
+            if has_frame && self.inflight < self.shard.config.max_inflight {
+                continue;
+            }
             let may_read =
                 !stopping && !has_frame && self.inflight < self.shard.config.max_inflight;
             self.track_partial_frame(may_read);
