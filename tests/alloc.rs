@@ -10,7 +10,7 @@
 //! allocates nothing once warm. What is left is glommio 0.9's: it allocates on every scheduler
 //! pass (the preemption timers' `Source`s, a node when its timer map splits) and more on every
 //! sleep and wake-up, so the count follows passes and sleeps, not requests. The core's poller
-//! keeps a pass going for up to 2 ms while the core is busy (see `runtime::poller`), which is
+//! keeps a pass going for up to 10 ms while the core is busy (see `runtime::poller`), which is
 //! what brings the count under the bar.
 
 use std::alloc::{GlobalAlloc, Layout, System};

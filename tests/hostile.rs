@@ -664,6 +664,53 @@ fn a_client_that_never_reads_is_capped_and_does_not_hurt_others() {
 /// 300 connections past `--max-connections 16`, opened as fast as the test can: every one is
 /// closed at once (within a second of its connect) without a byte of reply, all 300 are
 /// counted as refused, and the 16 admitted connections go on being served.
+/// A client that sends, half-closes (`shutdown(SHUT_WR)`, as `nc -N` does) and then stops
+/// reading leaves its connection with replies it cannot write. The core must wait for room
+/// like for any slow reader, not spin: a half-closed socket is still writable, and the write
+/// path once took the peer's end of stream for an error that would make every send fail, so it
+/// retried at once, forever, and nothing else on the core ran.
+#[test]
+fn a_half_closed_client_that_stops_reading_does_not_stall_its_core() {
+    let _serial = serial();
+    // One core, polling (the default), so the bystander shares the stuck connection's core.
+    let server = Server::start(&["--cores", "1"]);
+    let mut bystander = Wire::connect(server.addr);
+    bystander.set(b"big", &vec![0x5a; BIG]);
+
+    let mut stuck = TcpStream::connect(server.addr).expect("connect");
+    let gets: Vec<u8> = (0..64)
+        .flat_map(|id| frame(id, &Op::Get { key: b"big" }))
+        .collect();
+    stuck.write_all(&gets).expect("send");
+    stuck
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    // Take a little of the 32 MiB of replies, then stop reading for good.
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut taken = vec![0u8; 64 << 10];
+    stuck.read_exact(&mut taken).expect("the first replies");
+
+    // Once the socket buffers are full, the core has nothing to do but wait.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu0, wall0) = (cpu_time(server.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu, wall) = (cpu_time(server.pid()) - cpu0, wall0.elapsed());
+    assert!(
+        cpu < wall / 2,
+        "the server used {cpu:?} of CPU in {wall:?} while its only busy client was stuck"
+    );
+    let asked = Instant::now();
+    bystander.ping(1);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "a ping on the same core took {:?}",
+        asked.elapsed()
+    );
+    drop(stuck);
+}
+
 #[test]
 fn a_connection_flood_past_the_limit_is_refused_at_once_and_counted() {
     let _serial = serial();

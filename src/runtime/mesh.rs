@@ -53,8 +53,9 @@ struct Traffic {
 
 impl Traffic {
     /// Whether a receive would complete now: a message is there, or the sender has closed.
+    /// (`taken` can run ahead of `sent` for a moment: the sender counts after its push.)
     fn waiting(&self) -> bool {
-        self.sent.load(Ordering::Acquire) != self.taken.load(Ordering::Relaxed)
+        self.sent.load(Ordering::Acquire) > self.taken.load(Ordering::Relaxed)
             || self.closed.load(Ordering::Acquire)
     }
 }
@@ -208,6 +209,13 @@ impl<T: Send + 'static> Outbound<T> {
     }
 }
 
+impl<T: Send + 'static> Drop for Outbound<T> {
+    fn drop(&mut self) {
+        // Dropping the sender ends the receiver's stream too.
+        self.traffic.closed.store(true, Ordering::Release);
+    }
+}
+
 /// The receiving end of one channel, watched by this core's poller.
 struct Inbound<T: Send + 'static> {
     channel: ConnectedReceiver<T>,
@@ -237,19 +245,13 @@ impl<T: Send + 'static> Inbound<T> {
         if let Some((poller, token)) = &self.watch {
             while !self.traffic.waiting() {
                 if poller.wait_watch(*token).await == Readiness::Sleep {
-                    // The core has gone quiet: wait through glommio, which can sleep, until a
-                    // message arrives or something else wakes the core and its poller.
-                    let received = futures_lite::future::or(
-                        async { Some(self.channel.recv().await) },
-                        async {
-                            poller.awake().await;
-                            None
-                        },
-                    )
-                    .await;
-                    if let Some(message) = received {
-                        return self.taken(message);
-                    }
+                    // The core has gone quiet: wait through glommio, which can sleep. If the
+                    // core wakes for something else meanwhile, the poller sees the message
+                    // arrive and ends its pass so that glommio delivers it.
+                    poller.watch_in_glommio(*token, true);
+                    let message = self.channel.recv().await;
+                    poller.watch_in_glommio(*token, false);
+                    return self.taken(message);
                 }
             }
         }

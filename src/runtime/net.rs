@@ -4,11 +4,11 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 
 use bytes::{BufMut, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use super::poller::{self, Poller, Readiness};
@@ -71,14 +71,31 @@ pub fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
 /// A listener adopted by the current core's executor.
 pub struct Listener {
     inner: glommio::net::TcpListener,
+    /// The listener's place in the core's poller, which ends a scheduler pass when a
+    /// connection arrives (glommio submits the accept only between passes).
+    watched: Option<(Rc<Poller>, usize, RawFd)>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some((poller, token, fd)) = &self.watched {
+            poller.deregister(*token, *fd);
+        }
+    }
 }
 
 impl Listener {
     /// Hands a listening socket made by [`reuseport_listener`] to this core's executor.
     pub fn adopt(socket: Socket) -> Listener {
+        // Without the poller (it could not make its epoll set) accepts wait for the next pass.
+        let watched = poller::current().ok().and_then(|poller| {
+            let fd = socket.as_raw_fd();
+            let token = poller.register_listener(fd).ok()?;
+            Some((poller, token, fd))
+        });
         // SAFETY: the fd comes from a listening socket we own and give up here.
         let inner = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        Listener { inner }
+        Listener { inner, watched }
     }
 
     /// Waits for the next connection.
@@ -90,9 +107,10 @@ impl Listener {
 
 /// One TCP connection, owned by the core that accepted or opened it.
 ///
-/// Reads and writes are plain non-blocking system calls. When a socket has nothing to read or
-/// no room to write, the connection waits on the core's [`Poller`] while the core is busy and
-/// through glommio's io_uring poll when it is quiet (see [`super::poller`]).
+/// Reads and writes are plain non-blocking system calls. When a socket has nothing to read, the
+/// connection waits on the core's [`Poller`] while the core is busy and through glommio's
+/// io_uring poll when it is quiet; when it has no room to write, it always waits on the poller
+/// (see [`super::poller`]).
 pub struct Conn {
     stream: glommio::net::TcpStream,
     poller: Rc<Poller>,
@@ -207,6 +225,7 @@ impl Conn {
         // The core is going quiet: wait through glommio, which can only wait by reading. The
         // byte it takes is kept in the same poll that receives it, so none is lost.
         let mut first = [0u8; 1];
+        let _glommio = self.poller.glommio_wait(self.token);
         match self.stream.read(&mut first).await? {
             0 => self.eof = true,
             _ => self.stash = Some(first[0]),
@@ -242,10 +261,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.poller.blocked(self.token),
                 sent => return sent,
             }
-            if self.poller.wait_writable(self.token).await == Readiness::Sleep {
-                // The core is going quiet: glommio waits for room (and sleeps meanwhile).
-                return self.stream.write(data).await;
-            }
+            self.poller.wait_writable(self.token).await;
         }
     }
 

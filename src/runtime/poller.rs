@@ -13,7 +13,8 @@
 //! between the other tasks' turns. It also keeps glommio's scheduler pass going while nothing
 //! needs glommio (see [`PASS_BUDGET`]), because each pass costs glommio a system call and
 //! allocations. When the looks have found nothing, and no other core has sent anything, for the
-//! idle-poll window (the core has gone quiet), the poller hands every waiting connection back to
+//! idle-poll window and at least [`QUIET_LOOKS`] looks in a row (the core has gone quiet, not
+//! merely been descheduled), the poller hands every waiting connection back to
 //! glommio, whose io_uring poll then lets the executor sleep. The first connection or message
 //! that wakes the core restarts the poller. The window trades a little CPU after the last
 //! request (at most the window, once per quiet spell) for not paying glommio's sleep and wake-up
@@ -44,19 +45,23 @@ const EVENTS_PER_WAIT: usize = 256;
 
 /// How long the poller keeps one glommio scheduler pass going while nothing needs glommio.
 ///
-/// glommio reaps io_uring (timers, accepts, reads it was asked to do) only between passes, and
-/// every pass costs it a preemption-timer submission, a system call and several allocations.
-/// So while the core is busy the poller yields to the other tasks and looks again within the
-/// same pass, ending it as soon as glommio has something to deliver: a completion on its
-/// latency ring (accepts and reads), or a short timer falling due. Sockets and messages from
-/// other cores need no pass: the poller watches them itself. What it cannot see (a completion
-/// on glommio's main ring, such as a close, or a timer longer than [`SHORT_TIMER`]) is delivered
-/// at most this late.
+/// glommio submits to io_uring and reaps it (timers, accepts, the waits of connections that went
+/// to it while the core was quiet) only between passes, and every pass costs it a
+/// preemption-timer submission, a system call and several allocations. So while the core is
+/// busy the poller yields to the other tasks and looks again within the same pass, ending it as
+/// soon as glommio has something to do: a completion on its latency ring, a connection arriving
+/// at a listener, an event on a socket or a message on a channel whose task waits through
+/// glommio, or a short timer falling due. Sockets and messages that tasks wait for through the
+/// poller need no pass. What it cannot see (any other completion on glommio's main ring, such
+/// as a close, or a timer longer than [`SHORT_TIMER`]) is delivered at most this late.
 const PASS_BUDGET: Duration = Duration::from_millis(10);
 
 /// Looks in a row that must find nothing, besides the idle-poll window passing, before the
 /// poller lets the core sleep.
 const QUIET_LOOKS: u32 = 8;
+
+/// How often a sleeping core's poller looks for room for writers waiting on full sockets.
+const DOZE: Duration = Duration::from_millis(1);
 
 /// Timers up to this long are tracked by the poller (see [`expect_timer`]).
 const SHORT_TIMER: Duration = Duration::from_millis(50);
@@ -84,6 +89,9 @@ struct Entry {
     /// drain the data in front of an end of stream that has already arrived, and no new edge
     /// would ever announce it.
     hung_up: bool,
+    /// The connection is closed both ways or has failed (not merely half-closed by the peer,
+    /// which leaves it writable): a `send` returns the error at once. Never cleared.
+    broken: bool,
     /// The connection's task while it waits here to read.
     waiter: Option<Waker>,
     /// The socket may take more bytes. Cleared by a `send` that found its buffer full; the
@@ -91,6 +99,9 @@ struct Entry {
     writable: bool,
     /// The connection's task while it waits here to write.
     write_waiter: Option<Waker>,
+    /// Waits on this socket that glommio is doing (see [`GlommioWait`]): an event on the socket
+    /// then ends the scheduler pass, because glommio delivers only between passes.
+    glommio_waits: u32,
 }
 
 /// Something other than a socket that a task waits on through the poller: a check that is true
@@ -98,6 +109,8 @@ struct Entry {
 struct Watch {
     ready: Box<dyn Fn() -> bool>,
     waiter: Option<Waker>,
+    /// The task waits through glommio instead: the check turning true then ends the pass.
+    in_glommio: bool,
 }
 
 /// One core's epoll set and the task that polls it.
@@ -105,14 +118,14 @@ pub struct Poller {
     epoll: OwnedFd,
     entries: RefCell<Slab<Entry>>,
     watches: RefCell<Slab<Watch>>,
-    /// Tasks waiting through glommio that want to know when the poller restarts.
-    restart_waiters: RefCell<Vec<Waker>>,
     /// When short glommio timers fall due (see [`expect_timer`]); earliest first.
     deadlines: RefCell<BinaryHeap<Reverse<Instant>>>,
     /// The poller handed its waiters to glommio and stopped; the next wake-up restarts it.
     asleep: Cell<bool>,
     /// The poller task, while it is asleep.
     task: RefCell<Option<Waker>>,
+    /// Entries with a write waiter.
+    write_waiters: Cell<usize>,
     idle_poll: Cell<Duration>,
     executor: usize,
 }
@@ -171,10 +184,10 @@ pub fn current() -> io::Result<Rc<Poller>> {
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             entries: RefCell::new(Slab::new()),
             watches: RefCell::new(Slab::new()),
-            restart_waiters: RefCell::new(Vec::new()),
             deadlines: RefCell::new(BinaryHeap::new()),
             asleep: Cell::new(true),
             task: RefCell::new(None),
+            write_waiters: Cell::new(0),
             idle_poll: Cell::new(IDLE_POLL.with(Cell::get)),
             executor,
         });
@@ -190,9 +203,11 @@ impl Poller {
         let token = self.entries.borrow_mut().insert(Entry {
             ready: true,
             hung_up: false,
+            broken: false,
             waiter: None,
             writable: true,
             write_waiter: None,
+            glommio_waits: 0,
         });
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -208,6 +223,16 @@ impl Poller {
         Ok(token)
     }
 
+    /// Adds a listening socket whose accepts glommio does: a connection arriving ends the
+    /// scheduler pass, so that glommio submits its accept (it submits only between passes).
+    pub fn register_listener(&self, fd: RawFd) -> io::Result<usize> {
+        let token = self.register(fd)?;
+        if let Some(entry) = self.entries.borrow_mut().get_mut(token) {
+            entry.glommio_waits = 1;
+        }
+        Ok(token)
+    }
+
     /// Removes a socket; call it before the socket is closed.
     pub fn deregister(&self, token: usize, fd: RawFd) {
         // SAFETY: as in `register`; a null event is allowed for EPOLL_CTL_DEL.
@@ -219,7 +244,10 @@ impl Poller {
                 std::ptr::null_mut(),
             )
         };
-        self.entries.borrow_mut().try_remove(token);
+        let removed = self.entries.borrow_mut().try_remove(token);
+        if removed.is_some_and(|entry| entry.write_waiter.is_some()) {
+            self.write_waiters.set(self.write_waiters.get() - 1);
+        }
     }
 
     /// Whether a `recv` on the socket may find something.
@@ -251,25 +279,7 @@ impl Poller {
             if let Some(task) = self.task.borrow_mut().take() {
                 task.wake();
             }
-            for waiter in self.restart_waiters.borrow_mut().drain(..) {
-                waiter.wake();
-            }
         }
-    }
-
-    /// Completes once the poller is running (at once if it is).
-    pub async fn awake(&self) {
-        std::future::poll_fn(|cx| {
-            if !self.asleep.get() {
-                return Poll::Ready(());
-            }
-            let mut waiters = self.restart_waiters.borrow_mut();
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
     }
 
     /// Adds a check to run on every look while a task waits on it; the returned token names it.
@@ -277,6 +287,7 @@ impl Poller {
         self.watches.borrow_mut().insert(Watch {
             ready,
             waiter: None,
+            in_glommio: false,
         })
     }
 
@@ -311,36 +322,61 @@ impl Poller {
         .await
     }
 
-    /// Records that a `send` found the socket's buffer full.
-    pub fn blocked(&self, token: usize) {
+    /// Marks a wait on socket `token` that glommio does (the core had gone quiet), until the
+    /// returned guard is dropped.
+    pub fn glommio_wait(&self, token: usize) -> GlommioWait<'_> {
         if let Some(entry) = self.entries.borrow_mut().get_mut(token) {
-            entry.writable = entry.hung_up;
+            entry.glommio_waits += 1;
+        }
+        GlommioWait {
+            poller: self,
+            token,
         }
     }
 
-    /// Waits until the socket may take more bytes, or until the core goes quiet.
-    pub async fn wait_writable(&self, token: usize) -> Readiness {
+    /// Marks that the task on watch `token` waits through glommio (or no longer does).
+    pub fn watch_in_glommio(&self, token: usize, in_glommio: bool) {
+        if let Some(watch) = self.watches.borrow_mut().get_mut(token) {
+            watch.in_glommio = in_glommio;
+        }
+    }
+
+    /// Records that a `send` found the socket's buffer full.
+    pub fn blocked(&self, token: usize) {
+        if let Some(entry) = self.entries.borrow_mut().get_mut(token) {
+            entry.writable = entry.broken;
+        }
+    }
+
+    /// Waits until the socket may take more bytes. Unlike reads, writes never wait through
+    /// glommio: its wait for room wakes at once, again and again, on a socket whose peer has
+    /// half-closed, which spins the core. While the core sleeps the poller looks for writers
+    /// every [`DOZE`] instead.
+    pub async fn wait_writable(&self, token: usize) {
         std::future::poll_fn(|cx| {
             let mut entries = self.entries.borrow_mut();
             let Some(entry) = entries.get_mut(token) else {
-                return Poll::Ready(Readiness::Ready);
+                return Poll::Ready(());
             };
             if entry.writable {
-                entry.write_waiter = None;
-                Poll::Ready(Readiness::Ready)
-            } else if self.asleep.get() {
-                entry.write_waiter = None;
-                Poll::Ready(Readiness::Sleep)
-            } else {
-                if !entry
-                    .write_waiter
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    entry.write_waiter = Some(cx.waker().clone());
+                if entry.write_waiter.take().is_some() {
+                    self.write_waiters.set(self.write_waiters.get() - 1);
                 }
-                Poll::Pending
+                return Poll::Ready(());
             }
+            match &entry.write_waiter {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                Some(_) => entry.write_waiter = Some(cx.waker().clone()),
+                None => {
+                    entry.write_waiter = Some(cx.waker().clone());
+                    self.write_waiters.set(self.write_waiters.get() + 1);
+                    // A sleeping poller starts dozing for it.
+                    if let Some(task) = self.task.borrow_mut().take() {
+                        task.wake();
+                    }
+                }
+            }
+            Poll::Pending
         })
         .await
     }
@@ -385,8 +421,18 @@ impl Poller {
         let mut pass_started = Instant::now();
         loop {
             if self.asleep.get() {
+                if self.write_waiters.get() > 0 {
+                    // Writers wait for room while the core sleeps: look every DOZE, on a timer
+                    // (glommio sleeps in between), until room or anything else shows up.
+                    next_pass.reset(DOZE);
+                    (&mut next_pass).await;
+                    if self.poll_once(&mut events).0 > 0 {
+                        self.wake_up();
+                    }
+                    continue;
+                }
                 std::future::poll_fn(|cx| {
-                    if self.asleep.get() {
+                    if self.asleep.get() && self.write_waiters.get() == 0 {
                         *self.task.borrow_mut() = Some(cx.waker().clone());
                         Poll::Pending
                     } else {
@@ -394,15 +440,23 @@ impl Poller {
                     }
                 })
                 .await;
+                if self.asleep.get() {
+                    continue;
+                }
                 quiet_since = None;
                 empty_looks = 0;
                 pass_started = Instant::now();
             }
-            let found = self.poll_once(&mut events) + self.poll_watches() > 0;
+            let (events_found, socket_for_glommio) = self.poll_once(&mut events);
+            let (watches_woken, watch_for_glommio) = self.poll_watches();
+            let found = events_found + watches_woken > 0;
             // Something only a glommio pass delivers: a completion on its latency ring (an
-            // accept, a read through glommio), or a timer.
+            // accept), something for a task waiting through glommio, or a timer.
             let now = Instant::now();
-            let delivery = executor.need_preempt() || self.timer_due(now);
+            let delivery = socket_for_glommio
+                || watch_for_glommio
+                || executor.need_preempt()
+                || self.timer_due(now);
             if found || delivery {
                 quiet_since = None;
                 empty_looks = 0;
@@ -428,8 +482,9 @@ impl Poller {
         }
     }
 
-    /// One non-blocking `epoll_wait`; marks and wakes what it reports. Returns the event count.
-    fn poll_once(&self, events: &mut [libc::epoll_event]) -> usize {
+    /// One non-blocking `epoll_wait`; marks and wakes what it reports. Returns the event count,
+    /// and whether an event is for a socket glommio waits on (so the pass must end).
+    fn poll_once(&self, events: &mut [libc::epoll_event]) -> (usize, bool) {
         // SAFETY: `events` is a valid buffer of `len` entries; timeout 0 never blocks.
         let n = unsafe {
             libc::epoll_wait(
@@ -441,28 +496,32 @@ impl Poller {
         };
         if n <= 0 {
             // EINTR or nothing: either way, try again next round.
-            return 0;
+            return (0, false);
         }
         let hang_up = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-        let room = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        let broken = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
         let mut entries = self.entries.borrow_mut();
+        let mut for_glommio = false;
         for event in &events[..n as usize] {
             if let Some(entry) = entries.get_mut(event.u64 as usize) {
+                for_glommio |= entry.glommio_waits > 0;
                 // Every event may carry data: a later readable edge may be merged into it.
                 entry.ready = true;
                 entry.hung_up |= event.events & hang_up != 0;
+                entry.broken |= event.events & broken != 0;
                 if let Some(waiter) = entry.waiter.take() {
                     waiter.wake();
                 }
-                if event.events & room != 0 {
+                if event.events & (libc::EPOLLOUT as u32 | broken) != 0 {
                     entry.writable = true;
                     if let Some(waiter) = entry.write_waiter.take() {
+                        self.write_waiters.set(self.write_waiters.get() - 1);
                         waiter.wake();
                     }
                 }
             }
         }
-        n as usize
+        (n as usize, for_glommio)
     }
 
     /// Whether a short timer has fallen due; forgets those that have.
@@ -476,18 +535,22 @@ impl Poller {
         due
     }
 
-    /// Runs the checks that tasks wait on; wakes those that are true. Returns how many.
-    fn poll_watches(&self) -> usize {
+    /// Runs the checks that tasks wait on; wakes those that are true. Returns how many, and
+    /// whether a check is true for a task that waits through glommio (so the pass must end).
+    fn poll_watches(&self) -> (usize, bool) {
         let mut woken = 0;
+        let mut for_glommio = false;
         for (_, watch) in self.watches.borrow_mut().iter_mut() {
             if watch.waiter.is_some() && (watch.ready)() {
                 if let Some(waiter) = watch.waiter.take() {
                     waiter.wake();
                     woken += 1;
                 }
+            } else if watch.in_glommio && (watch.ready)() {
+                for_glommio = true;
             }
         }
-        woken
+        (woken, for_glommio)
     }
 
     /// The core has gone quiet: every waiter goes to wait through glommio, which can sleep.
@@ -498,12 +561,10 @@ impl Poller {
                 waiter.wake();
             }
         }
+        // Readers go to glommio; writers stay (see `wait_writable`).
         let mut entries = self.entries.borrow_mut();
         for (_, entry) in entries.iter_mut() {
-            for waiter in [entry.waiter.take(), entry.write_waiter.take()]
-                .into_iter()
-                .flatten()
-            {
+            if let Some(waiter) = entry.waiter.take() {
                 waiter.wake();
             }
         }
@@ -525,4 +586,18 @@ async fn end_pass(timer: &mut glommio::timer::Timer) {
         poll.map(|_| ())
     })
     .await
+}
+
+/// A wait on a socket that glommio is doing; see [`Poller::glommio_wait`].
+pub struct GlommioWait<'a> {
+    poller: &'a Poller,
+    token: usize,
+}
+
+impl Drop for GlommioWait<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.poller.entries.borrow_mut().get_mut(self.token) {
+            entry.glommio_waits = entry.glommio_waits.saturating_sub(1);
+        }
+    }
 }
