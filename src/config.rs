@@ -210,7 +210,7 @@ pub struct Options {
 
     /// How long a core keeps polling its sockets after the last arrival before it sleeps:
     /// longer spends more CPU on a quiet core, shorter pays a wake-up more often under load;
-    /// 0 never polls [default: 20us]
+    /// 0 never polls [default: 100us]
     #[arg(long, value_name = "DUR")]
     pub idle_poll: Option<Dur>,
 

@@ -35,10 +35,13 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 /// How long a server core keeps looking after its last event before it may sleep (the
-/// `--idle-poll` default). Short on purpose: measured against longer windows it gave the same
-/// throughput on a core of its own, and on a machine that also runs the clients a longer spin
-/// takes CPU they need.
-pub const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(20);
+/// `--idle-poll` default). Each sleep costs a wake-up later, and every connection then waits
+/// through glommio, whose completions interrupt the running core. Measured on the project's
+/// 2-CPU machine (docs/performance.md, change 5): at ping pipeline 16, 20 us let the core sleep
+/// some 100 times a second, for 2,000 rescheduling interrupts a second, and 100 us about 85;
+/// with the clients on the same CPUs as a 2-core server, 100 us also gave 1.15x the
+/// throughput of 20 us.
+pub const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(100);
 
 /// Events taken from the kernel per `epoll_wait`; more simply wait for the next pass.
 const EVENTS_PER_WAIT: usize = 256;
@@ -124,7 +127,9 @@ pub struct Poller {
     asleep: Cell<bool>,
     /// The poller task, while it is asleep.
     task: RefCell<Option<Waker>>,
-    /// Entries with a write waiter.
+    /// Tasks waiting here to read, or on a watch.
+    waiting: Cell<usize>,
+    /// Tasks waiting here to write.
     write_waiters: Cell<usize>,
     idle_poll: Cell<Duration>,
     executor: usize,
@@ -187,6 +192,7 @@ pub fn current() -> io::Result<Rc<Poller>> {
             deadlines: RefCell::new(BinaryHeap::new()),
             asleep: Cell::new(true),
             task: RefCell::new(None),
+            waiting: Cell::new(0),
             write_waiters: Cell::new(0),
             idle_poll: Cell::new(IDLE_POLL.with(Cell::get)),
             executor,
@@ -244,9 +250,9 @@ impl Poller {
                 std::ptr::null_mut(),
             )
         };
-        let removed = self.entries.borrow_mut().try_remove(token);
-        if removed.is_some_and(|entry| entry.write_waiter.is_some()) {
-            self.write_waiters.set(self.write_waiters.get() - 1);
+        if let Some(mut entry) = self.entries.borrow_mut().try_remove(token) {
+            unpark(&mut entry.waiter, &self.waiting);
+            unpark(&mut entry.write_waiter, &self.write_waiters);
         }
     }
 
@@ -272,6 +278,13 @@ impl Poller {
         self.wake_up();
     }
 
+    /// Wakes the poller task if it is paused or asleep, so that it looks at its waiters again.
+    fn resume(&self) {
+        if let Some(task) = self.task.borrow_mut().take() {
+            task.wake();
+        }
+    }
+
     /// The core has work again: restart the poller if it was asleep (and polling is on).
     pub fn wake_up(&self) {
         if self.asleep.get() && !self.idle_poll.get().is_zero() {
@@ -292,7 +305,9 @@ impl Poller {
     }
 
     pub fn unwatch(&self, token: usize) {
-        self.watches.borrow_mut().try_remove(token);
+        if let Some(mut watch) = self.watches.borrow_mut().try_remove(token) {
+            unpark(&mut watch.waiter, &self.waiting);
+        }
     }
 
     /// Waits until the watch's check is true, or until the core goes quiet.
@@ -303,18 +318,14 @@ impl Poller {
                 return Poll::Ready(Readiness::Ready);
             };
             if (watch.ready)() {
-                watch.waiter = None;
+                unpark(&mut watch.waiter, &self.waiting);
                 Poll::Ready(Readiness::Ready)
             } else if self.asleep.get() {
-                watch.waiter = None;
+                unpark(&mut watch.waiter, &self.waiting);
                 Poll::Ready(Readiness::Sleep)
             } else {
-                if !watch
-                    .waiter
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    watch.waiter = Some(cx.waker().clone());
+                if park(&mut watch.waiter, cx, &self.waiting) {
+                    self.resume();
                 }
                 Poll::Pending
             }
@@ -359,22 +370,12 @@ impl Poller {
                 return Poll::Ready(());
             };
             if entry.writable {
-                if entry.write_waiter.take().is_some() {
-                    self.write_waiters.set(self.write_waiters.get() - 1);
-                }
+                unpark(&mut entry.write_waiter, &self.write_waiters);
                 return Poll::Ready(());
             }
-            match &entry.write_waiter {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                Some(_) => entry.write_waiter = Some(cx.waker().clone()),
-                None => {
-                    entry.write_waiter = Some(cx.waker().clone());
-                    self.write_waiters.set(self.write_waiters.get() + 1);
-                    // A sleeping poller starts dozing for it.
-                    if let Some(task) = self.task.borrow_mut().take() {
-                        task.wake();
-                    }
-                }
+            // A paused poller resumes for it; a sleeping one starts dozing.
+            if park(&mut entry.write_waiter, cx, &self.write_waiters) {
+                self.resume();
             }
             Poll::Pending
         })
@@ -392,16 +393,15 @@ impl Poller {
             return Poll::Ready(Readiness::Ready);
         };
         if entry.ready {
-            entry.waiter = None;
+            unpark(&mut entry.waiter, &self.waiting);
             return Poll::Ready(Readiness::Ready);
         }
         if self.asleep.get() {
-            entry.waiter = None;
+            unpark(&mut entry.waiter, &self.waiting);
             return Poll::Ready(Readiness::Sleep);
         }
-        match &entry.waiter {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => entry.waiter = Some(cx.waker().clone()),
+        if park(&mut entry.waiter, cx, &self.waiting) {
+            self.resume();
         }
         Poll::Pending
     }
@@ -446,6 +446,23 @@ impl Poller {
                 quiet_since = None;
                 empty_looks = 0;
                 pass_started = Instant::now();
+            }
+            if self.waiting.get() + self.write_waiters.get() == 0 {
+                // Nobody waits here (every connection is busy, or there are none): pause until
+                // someone does. Quiet is counted only while someone waits.
+                std::future::poll_fn(|cx| {
+                    if self.asleep.get() || self.waiting.get() + self.write_waiters.get() > 0 {
+                        Poll::Ready(())
+                    } else {
+                        *self.task.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                })
+                .await;
+                quiet_since = None;
+                empty_looks = 0;
+                pass_started = Instant::now();
+                continue;
             }
             let (events_found, socket_for_glommio) = self.poll_once(&mut events);
             let (watches_woken, watch_for_glommio) = self.poll_watches();
@@ -509,13 +526,12 @@ impl Poller {
                 entry.ready = true;
                 entry.hung_up |= event.events & hang_up != 0;
                 entry.broken |= event.events & broken != 0;
-                if let Some(waiter) = entry.waiter.take() {
+                if let Some(waiter) = unpark(&mut entry.waiter, &self.waiting) {
                     waiter.wake();
                 }
                 if event.events & (libc::EPOLLOUT as u32 | broken) != 0 {
                     entry.writable = true;
-                    if let Some(waiter) = entry.write_waiter.take() {
-                        self.write_waiters.set(self.write_waiters.get() - 1);
+                    if let Some(waiter) = unpark(&mut entry.write_waiter, &self.write_waiters) {
                         waiter.wake();
                     }
                 }
@@ -542,7 +558,7 @@ impl Poller {
         let mut for_glommio = false;
         for (_, watch) in self.watches.borrow_mut().iter_mut() {
             if watch.waiter.is_some() && (watch.ready)() {
-                if let Some(waiter) = watch.waiter.take() {
+                if let Some(waiter) = unpark(&mut watch.waiter, &self.waiting) {
                     waiter.wake();
                     woken += 1;
                 }
@@ -557,14 +573,14 @@ impl Poller {
     fn fall_asleep(&self) {
         self.asleep.set(true);
         for (_, watch) in self.watches.borrow_mut().iter_mut() {
-            if let Some(waiter) = watch.waiter.take() {
+            if let Some(waiter) = unpark(&mut watch.waiter, &self.waiting) {
                 waiter.wake();
             }
         }
         // Readers go to glommio; writers stay (see `wait_writable`).
         let mut entries = self.entries.borrow_mut();
         for (_, entry) in entries.iter_mut() {
-            if let Some(waiter) = entry.waiter.take() {
+            if let Some(waiter) = unpark(&mut entry.waiter, &self.waiting) {
                 waiter.wake();
             }
         }
@@ -600,4 +616,30 @@ impl Drop for GlommioWait<'_> {
             entry.glommio_waits = entry.glommio_waits.saturating_sub(1);
         }
     }
+}
+
+/// Stores the task's waker in `slot`; returns true, and counts it in `count`, if the slot was
+/// empty (a new waiter).
+fn park(slot: &mut Option<Waker>, cx: &Context<'_>, count: &Cell<usize>) -> bool {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => false,
+        Some(waker) => {
+            *waker = cx.waker().clone();
+            false
+        }
+        None => {
+            *slot = Some(cx.waker().clone());
+            count.set(count.get() + 1);
+            true
+        }
+    }
+}
+
+/// Takes the waker out of `slot`, uncounting it from `count`.
+fn unpark(slot: &mut Option<Waker>, count: &Cell<usize>) -> Option<Waker> {
+    let waker = slot.take();
+    if waker.is_some() {
+        count.set(count.get() - 1);
+    }
+    waker
 }
