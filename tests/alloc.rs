@@ -196,9 +196,9 @@ async fn drive_all(
 
 /// The server's idle-poll window in the asserted run. This machine has 2 CPUs for the test's
 /// client thread and the server's 2 cores, so every thread is regularly descheduled for a
-/// scheduler timeslice (milliseconds). With the default 20 us window the server then goes to
+/// scheduler timeslice (milliseconds). With the default window (100 us) the server then goes to
 /// sleep and wakes up again, and glommio 0.9 allocates about ten times for each sleep and
-/// wake-up: a cost per idle gap, which the default-window figures in docs/memory.md show. A
+/// wake-up: a cost per idle gap, which the shorter-window figures in docs/memory.md show. A
 /// window longer than those gaps keeps the server at the steady state this test is about,
 /// as a server on cores of its own is under load. `ALLOC_IDLE_POLL=20us` runs (and asserts)
 /// with another window.
