@@ -248,9 +248,9 @@ impl<T: Send + 'static> Inbound<T> {
                     // The core has gone quiet: wait through glommio, which can sleep. If the
                     // core wakes for something else meanwhile, the poller sees the message
                     // arrive and ends its pass so that glommio delivers it.
-                    poller.watch_in_glommio(*token, true);
+                    let glommio = poller.glommio_wait_watch(*token);
                     let message = self.channel.recv().await;
-                    poller.watch_in_glommio(*token, false);
+                    drop(glommio);
                     return self.taken(message);
                 }
             }

@@ -112,8 +112,9 @@ struct Entry {
 struct Watch {
     ready: Box<dyn Fn() -> bool>,
     waiter: Option<Waker>,
-    /// The task waits through glommio instead: the check turning true then ends the pass.
-    in_glommio: bool,
+    /// Waits through glommio instead (see [`GlommioWait`]): the check turning true then ends
+    /// the pass.
+    glommio_waits: u32,
 }
 
 /// One core's epoll set and the task that polls it.
@@ -160,13 +161,10 @@ pub fn expect_timer(duration: Duration) {
     POLLER.with(|slot| {
         if let Some(poller) = slot.borrow().as_ref() {
             let now = Instant::now();
-            let mut deadlines = poller.deadlines.borrow_mut();
             // Drop what has passed (the poller may be asleep and not taking them), so the heap
             // holds at most the timers set in the last SHORT_TIMER.
-            while deadlines.peek().is_some_and(|Reverse(at)| *at <= now) {
-                deadlines.pop();
-            }
-            deadlines.push(Reverse(now + duration));
+            poller.timer_due(now);
+            poller.deadlines.borrow_mut().push(Reverse(now + duration));
         }
     });
 }
@@ -289,9 +287,7 @@ impl Poller {
     pub fn wake_up(&self) {
         if self.asleep.get() && !self.idle_poll.get().is_zero() {
             self.asleep.set(false);
-            if let Some(task) = self.task.borrow_mut().take() {
-                task.wake();
-            }
+            self.resume();
         }
     }
 
@@ -300,7 +296,7 @@ impl Poller {
         self.watches.borrow_mut().insert(Watch {
             ready,
             waiter: None,
-            in_glommio: false,
+            glommio_waits: 0,
         })
     }
 
@@ -336,19 +332,35 @@ impl Poller {
     /// Marks a wait on socket `token` that glommio does (the core had gone quiet), until the
     /// returned guard is dropped.
     pub fn glommio_wait(&self, token: usize) -> GlommioWait<'_> {
-        if let Some(entry) = self.entries.borrow_mut().get_mut(token) {
-            entry.glommio_waits += 1;
-        }
+        self.count_glommio_wait(Waited::Socket(token), 1);
         GlommioWait {
             poller: self,
-            token,
+            waited: Waited::Socket(token),
         }
     }
 
-    /// Marks that the task on watch `token` waits through glommio (or no longer does).
-    pub fn watch_in_glommio(&self, token: usize, in_glommio: bool) {
-        if let Some(watch) = self.watches.borrow_mut().get_mut(token) {
-            watch.in_glommio = in_glommio;
+    /// The same for a task that waits on watch `token` through glommio.
+    pub fn glommio_wait_watch(&self, token: usize) -> GlommioWait<'_> {
+        self.count_glommio_wait(Waited::Watch(token), 1);
+        GlommioWait {
+            poller: self,
+            waited: Waited::Watch(token),
+        }
+    }
+
+    fn count_glommio_wait(&self, waited: Waited, delta: i32) {
+        let update = |waits: &mut u32| *waits = waits.saturating_add_signed(delta);
+        match waited {
+            Waited::Socket(token) => {
+                if let Some(entry) = self.entries.borrow_mut().get_mut(token) {
+                    update(&mut entry.glommio_waits);
+                }
+            }
+            Waited::Watch(token) => {
+                if let Some(watch) = self.watches.borrow_mut().get_mut(token) {
+                    update(&mut watch.glommio_waits);
+                }
+            }
         }
     }
 
@@ -420,19 +432,12 @@ impl Poller {
         let mut empty_looks = 0;
         let mut pass_started = Instant::now();
         loop {
-            if self.asleep.get() {
-                if self.write_waiters.get() > 0 {
-                    // Writers wait for room while the core sleeps: look every DOZE, on a timer
-                    // (glommio sleeps in between), until room or anything else shows up.
-                    next_pass.reset(DOZE);
-                    (&mut next_pass).await;
-                    if self.poll_once(&mut events).0 > 0 {
-                        self.wake_up();
-                    }
-                    continue;
-                }
+            if self.has_nothing_to_do() {
+                // Asleep with no writer, or awake with nobody waiting here (every connection is
+                // busy, or there are none): wait until that changes. Quiet is counted only
+                // while someone waits.
                 std::future::poll_fn(|cx| {
-                    if self.asleep.get() && self.write_waiters.get() == 0 {
+                    if self.has_nothing_to_do() {
                         *self.task.borrow_mut() = Some(cx.waker().clone());
                         Poll::Pending
                     } else {
@@ -440,28 +445,19 @@ impl Poller {
                     }
                 })
                 .await;
-                if self.asleep.get() {
-                    continue;
-                }
                 quiet_since = None;
                 empty_looks = 0;
                 pass_started = Instant::now();
+                continue;
             }
-            if self.waiting.get() + self.write_waiters.get() == 0 {
-                // Nobody waits here (every connection is busy, or there are none): pause until
-                // someone does. Quiet is counted only while someone waits.
-                std::future::poll_fn(|cx| {
-                    if self.asleep.get() || self.waiting.get() + self.write_waiters.get() > 0 {
-                        Poll::Ready(())
-                    } else {
-                        *self.task.borrow_mut() = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
-                })
-                .await;
-                quiet_since = None;
-                empty_looks = 0;
-                pass_started = Instant::now();
+            if self.asleep.get() {
+                // Writers wait for room while the core sleeps: look every DOZE, on a timer
+                // (glommio sleeps in between), until room or anything else shows up.
+                next_pass.reset(DOZE);
+                (&mut next_pass).await;
+                if self.poll_once(&mut events).0 > 0 {
+                    self.wake_up();
+                }
                 continue;
             }
             let (events_found, socket_for_glommio) = self.poll_once(&mut events);
@@ -540,6 +536,16 @@ impl Poller {
         (n as usize, for_glommio)
     }
 
+    /// Asleep with no writer to look after, or awake with no task waiting here at all.
+    fn has_nothing_to_do(&self) -> bool {
+        let writers = self.write_waiters.get();
+        if self.asleep.get() {
+            writers == 0
+        } else {
+            self.waiting.get() + writers == 0
+        }
+    }
+
     /// Whether a short timer has fallen due; forgets those that have.
     fn timer_due(&self, now: Instant) -> bool {
         let mut deadlines = self.deadlines.borrow_mut();
@@ -562,7 +568,7 @@ impl Poller {
                     waiter.wake();
                     woken += 1;
                 }
-            } else if watch.in_glommio && (watch.ready)() {
+            } else if watch.glommio_waits > 0 && (watch.ready)() {
                 for_glommio = true;
             }
         }
@@ -604,17 +610,21 @@ async fn end_pass(timer: &mut glommio::timer::Timer) {
     .await
 }
 
-/// A wait on a socket that glommio is doing; see [`Poller::glommio_wait`].
+/// A wait that glommio is doing on a socket or for a watch; see [`Poller::glommio_wait`].
 pub struct GlommioWait<'a> {
     poller: &'a Poller,
-    token: usize,
+    waited: Waited,
+}
+
+#[derive(Clone, Copy)]
+enum Waited {
+    Socket(usize),
+    Watch(usize),
 }
 
 impl Drop for GlommioWait<'_> {
     fn drop(&mut self) {
-        if let Some(entry) = self.poller.entries.borrow_mut().get_mut(self.token) {
-            entry.glommio_waits = entry.glommio_waits.saturating_sub(1);
-        }
+        self.poller.count_glommio_wait(self.waited, -1);
     }
 }
 
