@@ -236,19 +236,26 @@ impl Conn {
 
     /// One non-blocking `recv` into the spare capacity of `buf`.
     fn recv(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
+        let n = self.syscall(|socket| socket.recv_with_flags(spare, libc::MSG_DONTWAIT))?;
+        // SAFETY: recv initialized the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
+    }
+
+    /// Runs a non-blocking socket call on this connection's socket, again while it is
+    /// interrupted by a signal.
+    fn syscall(
+        &self,
+        mut call: impl FnMut(&SockRef<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         // SAFETY: the fd belongs to `self.stream`, which outlives this borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
         let socket = SockRef::from(&fd);
-        let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
         loop {
-            match socket.recv_with_flags(spare, libc::MSG_DONTWAIT) {
-                Ok(n) => {
-                    // SAFETY: recv initialized the first `n` bytes of the spare capacity.
-                    unsafe { buf.set_len(buf.len() + n) };
-                    return Ok(n);
-                }
+            match call(&socket) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                done => return done,
             }
         }
     }
@@ -278,15 +285,7 @@ impl Conn {
 
     /// One non-blocking `send` of `data`.
     fn send(&self, data: &[u8]) -> io::Result<usize> {
-        // SAFETY: the fd belongs to `self.stream`, which outlives this borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
-        let socket = SockRef::from(&fd);
-        loop {
-            match socket.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                sent => return sent,
-            }
-        }
+        self.syscall(|socket| socket.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))
     }
 
     /// Closes the sending side; the peer reads end of stream after what was written.
