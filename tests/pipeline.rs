@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use common::*;
 use percore::protocol::shard::owner_of;
+use percore::protocol::{ReplyView, ResponseView};
 
 /// 10,000 requests written in one burst: every one is answered exactly once.
 #[test]
@@ -238,59 +239,32 @@ fn a_full_store_evicts_and_the_sweep_reclaims_expired_items() {
 /// answered.
 #[test]
 fn requests_buffered_behind_a_large_reply_are_all_answered() {
-    use std::io::{Read, Write};
-
-    use bytes::BytesMut;
-    use percore::protocol::{ReplyView, RequestEncoder, ResponseView};
-
     const VALUE: usize = 512 << 10;
     const GETS: u64 = 64;
     let server = Server::start(&["--cores", "1"]);
-    block_on(async {
-        let mut c = Client::connect(server.addr).await.unwrap();
-        let value = vec![0x5a; VALUE];
-        c.send(&Op::Set {
-            key: b"big",
-            value: &value,
-            ttl_ms: 0,
-        });
-        c.flush().await.unwrap();
-        assert_eq!(c.recv().await.unwrap().status(), Status::Ok);
-    });
+    Wire::connect(server.addr).set(b"big", &vec![0x5a; VALUE]);
     for half_close in [false, true] {
-        let mut socket = std::net::TcpStream::connect(server.addr).unwrap();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let mut burst = BytesMut::new();
-        let mut encoder = RequestEncoder::new();
-        for id in 0..GETS {
-            encoder.encode(id, &Op::Get { key: b"big" }, &mut burst);
-        }
-        socket.write_all(&burst).unwrap();
+        let mut wire = Wire::connect(server.addr);
+        let burst: Vec<u8> = (0..GETS)
+            .flat_map(|id| frame(id, &Op::Get { key: b"big" }))
+            .collect();
+        wire.send(&burst);
         if half_close {
-            socket.shutdown(std::net::Shutdown::Write).unwrap();
+            wire.s.shutdown(std::net::Shutdown::Write).unwrap();
         }
-        let mut frame = Vec::new();
         for id in 0..GETS {
-            let mut prefix = [0u8; 4];
-            socket
-                .read_exact(&mut prefix)
+            // Wire's read timeout turns a stall into a failure.
+            let reply = wire
+                .recv()
                 .unwrap_or_else(|e| panic!("half-closed {half_close}: reply {id} of {GETS}: {e}"));
-            frame.clear();
-            frame.extend_from_slice(&prefix);
-            frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
-            socket.read_exact(&mut frame[4..]).unwrap();
-            let reply = ResponseView::decode(&frame).unwrap();
+            let reply = ResponseView::decode(&reply).unwrap();
             assert_eq!((reply.id, reply.status), (id, Status::Ok));
             assert!(matches!(reply.body, ReplyView::Value { value, .. } if value.len() == VALUE));
         }
         if half_close {
-            assert_eq!(
-                socket.read(&mut [0u8; 1]).unwrap(),
-                0,
-                "the server closes after"
-            );
+            let end =
+                wire.expect_end(std::time::Instant::now() + std::time::Duration::from_secs(10));
+            assert!(end.is_empty(), "nothing after the last reply");
         }
     }
 }

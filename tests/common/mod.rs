@@ -16,6 +16,8 @@ pub use percore::runtime::block_on;
 
 mod ports;
 pub use ports::free_port_run;
+mod wire;
+pub use wire::{frame, Wire};
 
 use flatbuffers::FlatBufferBuilder;
 use percore::protocol::fb;
