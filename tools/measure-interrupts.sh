@@ -9,10 +9,17 @@
 #   BEFORE=/path/to/old/percore tools/measure-interrupts.sh
 #   VARIANTS="poll0=--idle-poll 0" tools/measure-interrupts.sh
 #   LOAD=/path/to/old/percore-load tools/measure-interrupts.sh   (drive with another generator)
+#   SERVER_CPU_QUOTA=50 tools/measure-interrupts.sh   (server capped at 50% of CPU 0; needs root)
+#
+# Without a quota the generator, not the server, is usually what saturates on a 2-CPU machine: it
+# runs at 95-99% of CPU 1 in every benchmark run, so two servers that differ in cost per request can
+# still land on the same throughput. SERVER_CPU_QUOTA=P puts the server in a cgroup (v2, or v1's
+# cpu controller) allowed P% of one CPU, enforced every 10 ms; the generator, with a whole CPU,
+# then has headroom, and throughput measures the server's capacity per CPU share.
 #
 # Settings (environment): ROUNDS [3], DURATION [5s], SCENARIOS [ping-p1 ping-p16 get-p16],
 # BEFORE [unset: a percore binary shown as percore-before], VARIANTS [unset: NAME=FLAGS;... extra
-# percore runs with those flags].
+# percore runs with those flags], SERVER_CPU_QUOTA [unset: no cap; a percentage of one CPU].
 set -u
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --quiet
@@ -37,6 +44,34 @@ for v in "${variants[@]}"; do
   command[${v%%=*}]="$bin/percore ${v#*=}"
 done
 
+# The cgroup the servers run in under SERVER_CPU_QUOTA: cgroup v2 if it is mounted with the cpu
+# controller available, else v1's cpu hierarchy. Removed on exit.
+cgroup=""
+cap_server() { # pid: moves the server, every thread of it, into the capped cgroup
+  [[ -z "$cgroup" ]] || echo "$1" >"$cgroup/cgroup.procs"
+}
+if [[ -n "${SERVER_CPU_QUOTA:-}" ]]; then
+  quota_us=$((SERVER_CPU_QUOTA * 100)) # of a 10,000 us period
+  v2=/sys/fs/cgroup
+  [[ -f /sys/fs/cgroup/unified/cgroup.controllers ]] && v2=/sys/fs/cgroup/unified
+  capped=""
+  if grep -qw cpu "$v2/cgroup.controllers" 2>/dev/null; then
+    echo +cpu >"$v2/cgroup.subtree_control" 2>/dev/null || true
+    cgroup=$v2/percore-measure.$$
+    mkdir "$cgroup" && echo "$quota_us 10000" >"$cgroup/cpu.max" && capped=1
+  elif [[ -d /sys/fs/cgroup/cpu ]]; then
+    cgroup=/sys/fs/cgroup/cpu/percore-measure.$$
+    mkdir "$cgroup" && echo 10000 >"$cgroup/cpu.cfs_period_us" &&
+      echo "$quota_us" >"$cgroup/cpu.cfs_quota_us" && capped=1
+  fi
+  if [[ -z "$capped" ]]; then
+    echo "measure-interrupts: SERVER_CPU_QUOTA needs a writable cgroup cpu controller" >&2
+    [[ -n "$cgroup" ]] && rmdir "$cgroup" 2>/dev/null
+    exit 1
+  fi
+  trap 'rm -f "$out"; rmdir "$cgroup" 2>/dev/null' EXIT
+fi
+
 res0() { awk '/^ *RES:/ {print $2}' /proc/interrupts; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -48,6 +83,7 @@ run() { # round server scenario
   taskset -c 0 ${command[$server]} --listen 127.0.0.1:$port --cores 1 >/dev/null 2>&1 &
   pid=$!
   sleep 0.5
+  cap_server $pid
   local extra=()
   [[ $workload == get ]] && extra=(--prefill --keys 10000 --value-size 100)
   local r0 t0 c0 json
