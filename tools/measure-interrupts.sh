@@ -44,32 +44,11 @@ for v in "${variants[@]}"; do
   command[${v%%=*}]="$bin/percore ${v#*=}"
 done
 
-# The cgroup the servers run in under SERVER_CPU_QUOTA: cgroup v2 if it is mounted with the cpu
-# controller available, else v1's cpu hierarchy. Removed on exit.
-cgroup=""
-cap_server() { # pid: moves the server, every thread of it, into the capped cgroup
-  [[ -z "$cgroup" ]] || echo "$1" >"$cgroup/cgroup.procs"
-}
+# shellcheck source=lib/server.sh
+source tools/lib/server.sh
 if [[ -n "${SERVER_CPU_QUOTA:-}" ]]; then
-  quota_us=$((SERVER_CPU_QUOTA * 100)) # of a 10,000 us period
-  v2=/sys/fs/cgroup
-  [[ -f /sys/fs/cgroup/unified/cgroup.controllers ]] && v2=/sys/fs/cgroup/unified
-  capped=""
-  if grep -qw cpu "$v2/cgroup.controllers" 2>/dev/null; then
-    echo +cpu >"$v2/cgroup.subtree_control" 2>/dev/null || true
-    cgroup=$v2/percore-measure.$$
-    mkdir "$cgroup" && echo "$quota_us 10000" >"$cgroup/cpu.max" && capped=1
-  elif [[ -d /sys/fs/cgroup/cpu ]]; then
-    cgroup=/sys/fs/cgroup/cpu/percore-measure.$$
-    mkdir "$cgroup" && echo 10000 >"$cgroup/cpu.cfs_period_us" &&
-      echo "$quota_us" >"$cgroup/cpu.cfs_quota_us" && capped=1
-  fi
-  if [[ -z "$capped" ]]; then
-    echo "measure-interrupts: SERVER_CPU_QUOTA needs a writable cgroup cpu controller" >&2
-    [[ -n "$cgroup" ]] && rmdir "$cgroup" 2>/dev/null
-    exit 1
-  fi
-  trap 'rm -f "$out"; rmdir "$cgroup" 2>/dev/null' EXIT
+  cpu_cap_create "$SERVER_CPU_QUOTA" || exit 1
+  trap 'rm -f "$out"; cpu_cap_remove' EXIT
 fi
 
 res0() { awk '/^ *RES:/ {print $2}' /proc/interrupts; }
@@ -83,7 +62,7 @@ run() { # round server scenario
   taskset -c 0 ${command[$server]} --listen 127.0.0.1:$port --cores 1 >/dev/null 2>&1 &
   pid=$!
   sleep 0.5
-  cap_server $pid
+  cpu_cap_add $pid
   local extra=()
   [[ $workload == get ]] && extra=(--prefill --keys 10000 --value-size 100)
   local r0 t0 c0 json

@@ -38,3 +38,36 @@ stop_percore() {
   fi
   wait "$pid" 2>/dev/null
 }
+
+# cpu_cap_create PERCENT: makes a cgroup whose processes may use PERCENT% of one CPU, enforced
+# every 10 ms (cgroup v2's cpu.max where the cpu controller is on v2, else v1's cfs quota), and
+# sets CPU_CAP to its directory. Fails with a reason if no writable cpu controller exists (it
+# needs root). Measurement scripts use it so the server, not the generator, saturates.
+cpu_cap_create() {
+  local quota_us=$(($1 * 100)) v2=/sys/fs/cgroup
+  [[ -f /sys/fs/cgroup/unified/cgroup.controllers ]] && v2=/sys/fs/cgroup/unified
+  CPU_CAP=""
+  if grep -qw cpu "$v2/cgroup.controllers" 2>/dev/null; then
+    echo +cpu >"$v2/cgroup.subtree_control" 2>/dev/null || true
+    CPU_CAP=$v2/percore-cap.$$
+    mkdir "$CPU_CAP" && echo "$quota_us 10000" >"$CPU_CAP/cpu.max" && return 0
+  elif [[ -d /sys/fs/cgroup/cpu ]]; then
+    CPU_CAP=/sys/fs/cgroup/cpu/percore-cap.$$
+    mkdir "$CPU_CAP" && echo 10000 >"$CPU_CAP/cpu.cfs_period_us" &&
+      echo "$quota_us" >"$CPU_CAP/cpu.cfs_quota_us" && return 0
+  fi
+  echo "cannot cap the server's CPU: no writable cgroup cpu controller (run as root)" >&2
+  cpu_cap_remove
+  return 1
+}
+
+# cpu_cap_add PID: moves the process, every thread of it, under the cap (no-op without one).
+cpu_cap_add() {
+  [[ -z "${CPU_CAP:-}" ]] || echo "$1" >"$CPU_CAP/cgroup.procs"
+}
+
+# cpu_cap_remove: removes the cgroup once its processes have exited.
+cpu_cap_remove() {
+  [[ -n "${CPU_CAP:-}" ]] && rmdir "$CPU_CAP" 2>/dev/null
+  CPU_CAP=""
+}
