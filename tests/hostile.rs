@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use flatbuffers::FlatBufferBuilder;
 use percore::protocol::shard::owner_of;
 use percore::protocol::{fb, ResponseView, ShardStats};
-use percore::server::connection::OUTPUT_SOFT_CAP;
+use percore::server::connection::{OUTPUT_SOFT_CAP, OWED_HARD_CAP};
+use percore::server::peer::REPLY_BACKLOG;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -354,8 +355,8 @@ fn slowloris_tricklers_time_out_without_slowing_other_clients() {
 const BIG: usize = 512 << 10;
 /// `--max-inflight` of the slow-reader test. Forwarded Gets are in flight before their replies
 /// exist, so a connection that never reads can be owed this many replies on top of its output
-/// cap: the memory bound is cap + MAX_INFLIGHT replies. With the default (1024) that is up to
-/// 1 GiB per connection (see the report on the hostile-client issue); 8 keeps it a few MiB.
+/// cap: the memory bound is cap + MAX_INFLIGHT replies. With the default (1024) the owed cap
+/// and the reply backlog bound it instead (the next test); 8 keeps it a few MiB.
 const MAX_INFLIGHT: usize = 8;
 const BIG_KEYS: usize = 8;
 
@@ -549,6 +550,91 @@ fn a_client_that_never_reads_is_capped_and_does_not_hurt_others() {
     eprintln!(
         "slow reader: closed by the server {:?} after it left",
         closing.elapsed()
+    );
+}
+
+/// The slow reader again, with the default `--max-inflight` (1024). The server takes hundreds
+/// of its Gets before any reply exists, all for 512 KiB values the other core owns, so hundreds
+/// of large replies come back at once. What it may hold for them is what the client is owed, up
+/// to `OWED_HARD_CAP` (where it closes the connection as a slow reader), plus the replies the
+/// owner has on their way back, up to `REPLY_BACKLOG`. The server's peak RSS stays within that
+/// and a margin; without the backlog bound it rose by 190-220 MiB. The connection is closed,
+/// the other client is still served, and every buffer comes back.
+#[test]
+fn a_burst_of_large_forwarded_gets_is_held_to_the_owed_cap_and_the_reply_backlog() {
+    let _serial = serial();
+    if test_cores() < 2 {
+        eprintln!("skipped: one core forwards nothing");
+        return;
+    }
+    let base = free_port_run(2);
+    let server = Server::start(&["--cores", "2", "--shard-ports", &base.to_string()]);
+    let pid = server.pid();
+    let core0 = SocketAddr::from(([127, 0, 0, 1], server.shard_ports[0]));
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(big_key)
+        .filter(|k| owner_of(k, 2) == 1)
+        .take(BIG_KEYS)
+        .collect();
+    let mut other = Wire::connect(core0);
+    let value = vec![0x5A; BIG];
+    for key in &keys {
+        other.set(key, &value);
+    }
+    // Warm up: both cores' pools and allocators have now seen replies of this size.
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(other.get_len(i as u64, key), Some(BIG));
+    }
+    let lent_before = sum(&other.stats(), |s| s.buffers_lent);
+    let peak_before = proc_status_kib(pid, "VmHWM");
+
+    let mut slow = TcpStream::connect(core0).unwrap();
+    slow.set_nonblocking(true).unwrap();
+    let mut requests = Vec::new();
+    for n in 0..4096 {
+        let key = &keys[n % keys.len()];
+        requests.extend_from_slice(&frame(n as u64 + 1, &Op::Get { key }));
+    }
+    let mut written = 0;
+    let write_until = Instant::now() + Duration::from_secs(2);
+    while written < requests.len() && Instant::now() < write_until {
+        match slow.write(&requests[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            // The server may close it as a slow reader while the test still writes.
+            Err(_) => break,
+        }
+    }
+    // Owed more than the cap, the connection is closed; the other client stays.
+    poll_until(Duration::from_secs(10), || {
+        let open = sum(&other.stats(), |s| s.connections);
+        (open == 1)
+            .then_some(())
+            .ok_or(format!("{open} connections open"))
+    });
+    let peak_after = proc_status_kib(pid, "VmHWM");
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(other.get_len(100 + i as u64, key), Some(BIG));
+    }
+    poll_until(Duration::from_secs(5), || {
+        let lent = sum(&other.stats(), |s| s.buffers_lent);
+        (lent == lent_before)
+            .then_some(())
+            .ok_or(format!("{lent} buffers lent (before: {lent_before})"))
+    });
+    // What the connection may be owed, the replies on their way back, and 16 MiB for the
+    // replies being encoded and sent, the pooled buffers they travel in and the allocator.
+    let bound = ((OWED_HARD_CAP + REPLY_BACKLOG) >> 10) as u64 + (16 << 10);
+    let grew = peak_after.saturating_sub(peak_before);
+    eprintln!(
+        "burst of forwarded Gets: wrote {written} bytes; peak RSS {peak_before} KiB before, \
+         {peak_after} KiB after: +{grew} KiB (bound {bound} KiB)"
+    );
+    assert!(
+        grew <= bound,
+        "peak RSS grew by {grew} KiB with one client that reads nothing (bound {bound} KiB)"
     );
 }
 

@@ -9,6 +9,11 @@
 //! needs a permit waits for one; only that task stalls, and the reply that frees the permit is
 //! received by a different task.
 //!
+//! Replies are also weighed: their sender says how many bytes each holds, and a core can wait
+//! until the peer has taken its replies down to a limit. A reply can be far larger than the
+//! request that asked for it (a Get of a 1 MiB value), so the permits alone bound how many
+//! replies travel, not how much memory they hold.
+//!
 //! Messages are received the way Seastar's reactor polls its cross-core queues: while the core
 //! is busy, its poller checks each channel between the other tasks' turns and wakes the
 //! receiving task itself, so a message costs no glommio scheduler pass and no wake-up of a
@@ -16,7 +21,7 @@
 //! Once the core has gone quiet, receivers wait through glommio, which can sleep.
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender};
@@ -38,17 +43,23 @@ type End<E> = (E, Arc<Traffic>);
 struct LinkEnds<Req: Send + 'static, Rep: Send + 'static> {
     requests_out: End<SharedSender<Req>>,
     requests_in: End<SharedReceiver<Req>>,
-    replies_out: End<SharedSender<Rep>>,
-    replies_in: End<SharedReceiver<Rep>>,
+    replies_out: End<SharedSender<Weighed<Rep>>>,
+    replies_in: End<SharedReceiver<Weighed<Rep>>>,
 }
 
+/// A reply with the bytes its sender counted for it.
+type Weighed<Rep> = (Rep, usize);
+
 /// What has gone through one channel. Only the sending core writes `sent` and `closed`, and
-/// only the receiving core `taken`.
+/// only the receiving core `taken`; `bytes` goes up on the sending core and down on the
+/// receiving one.
 #[derive(Default)]
 struct Traffic {
     sent: AtomicU64,
     taken: AtomicU64,
     closed: AtomicBool,
+    /// Bytes of the weighed messages sent and not yet taken.
+    bytes: AtomicUsize,
 }
 
 impl Traffic {
@@ -76,8 +87,8 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
     // requests[a][b]: the channel a→b; replies[a][b]: the channel b→a answering a's requests.
     let mut req_tx: Vec<Vec<Slot<SharedSender<Req>>>> = Vec::new();
     let mut req_rx: Vec<Vec<Slot<SharedReceiver<Req>>>> = Vec::new();
-    let mut rep_tx: Vec<Vec<Slot<SharedSender<Rep>>>> = Vec::new();
-    let mut rep_rx: Vec<Vec<Slot<SharedReceiver<Rep>>>> = Vec::new();
+    let mut rep_tx: Vec<Vec<Slot<SharedSender<Weighed<Rep>>>>> = Vec::new();
+    let mut rep_rx: Vec<Vec<Slot<SharedReceiver<Weighed<Rep>>>>> = Vec::new();
     for _ in 0..cores {
         req_tx.push((0..cores).map(|_| None).collect());
         req_rx.push((0..cores).map(|_| None).collect());
@@ -176,8 +187,8 @@ pub struct Mesh<Req: Send + 'static, Rep: Send + 'static> {
 pub struct Link<Req: Send + 'static, Rep: Send + 'static> {
     requests_out: Outbound<Req>,
     requests_in: Inbound<Req>,
-    replies_out: Outbound<Rep>,
-    replies_in: Inbound<Rep>,
+    replies_out: Outbound<Weighed<Rep>>,
+    replies_in: Inbound<Weighed<Rep>>,
     permits: Semaphore,
 }
 
@@ -332,14 +343,37 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
         self.requests_in.recv().await
     }
 
-    /// Answers a request received from the peer. Never waits: see the module comment.
-    pub fn send_reply(&self, reply: Rep) -> Result<(), SendError<Rep>> {
-        self.replies_out.send(reply)
+    /// Answers a request received from the peer, counting `bytes` for it until the peer takes
+    /// it. Never waits: see the module comment.
+    pub fn send_reply(&self, reply: Rep, bytes: usize) -> Result<(), SendError<Rep>> {
+        let backlog = &self.replies_out.traffic.bytes;
+        // Counted before the send, so the peer never takes away more than was added.
+        backlog.fetch_add(bytes, Ordering::AcqRel);
+        self.replies_out
+            .send((reply, bytes))
+            .map_err(|SendError((reply, _))| {
+                backlog.fetch_sub(bytes, Ordering::AcqRel);
+                SendError(reply)
+            })
+    }
+
+    /// Bytes of this core's replies that the peer has not taken yet.
+    pub fn replies_untaken(&self) -> usize {
+        self.replies_out.traffic.bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer has stopped sending requests (it is shutting down).
+    pub fn requests_closed(&self) -> bool {
+        self.requests_in.traffic.closed.load(Ordering::Acquire)
     }
 
     /// The next reply from the peer, returning its permit; `None` once the peer has closed.
     pub async fn recv_reply(&self) -> Option<Rep> {
-        let reply = self.replies_in.recv().await?;
+        let (reply, bytes) = self.replies_in.recv().await?;
+        self.replies_in
+            .traffic
+            .bytes
+            .fetch_sub(bytes, Ordering::AcqRel);
         self.permits.signal(1);
         Some(reply)
     }

@@ -26,10 +26,11 @@ const READ_CHUNK: usize = 16 << 10;
 const MAX_READ_GROWTH: usize = 256 << 10;
 /// Stop answering further frames of a batch once this much output is waiting to be written.
 pub const OUTPUT_SOFT_CAP: usize = 256 << 10;
-/// Replies finished elsewhere that a connection may owe its client while it is not reading
-/// them. Reading stops at [`OUTPUT_SOFT_CAP`], but requests already sent to other cores still
-/// come back, up to `--max-inflight` of them, each up to a maximal value: a client that never
-/// reads could make the server hold a gigabyte. Past this it is closed as a slow reader.
+/// Bytes a connection may owe its client: its unwritten output plus the replies finished
+/// elsewhere that wait for it. Reading stops at [`OUTPUT_SOFT_CAP`], but requests already sent
+/// to other cores still come back, up to `--max-inflight` of them, each up to a maximal value:
+/// a client that never reads could make the server hold a gigabyte. Past this it is closed as a
+/// slow reader. (On the way back, such replies are bounded by [`super::peer::REPLY_BACKLOG`].)
 pub const OWED_HARD_CAP: usize = 64 << 20;
 /// At the drain, a connection that has done nothing for this long is closed at once; a busier
 /// one is answered until its client leaves.
@@ -67,6 +68,9 @@ pub struct ConnShared {
     replies: RefCell<BytesMut>,
     /// How many replies `replies` holds.
     completed: Cell<usize>,
+    /// Bytes in the connection's output not yet written: with `replies`, what the client is
+    /// owed, which [`OWED_HARD_CAP`] bounds.
+    unwritten: Cell<usize>,
     last_active: Cell<Instant>,
     /// When the partial frame now in the buffer started arriving.
     frame_started: Cell<Option<Instant>>,
@@ -81,6 +85,7 @@ impl ConnShared {
             wake: Notify::default(),
             replies: RefCell::new(BytesMut::new()),
             completed: Cell::new(0),
+            unwritten: Cell::new(0),
             last_active: Cell::new(now),
             frame_started: Cell::new(None),
             close: Cell::new(None),
@@ -98,7 +103,7 @@ impl ConnShared {
             return;
         }
         let mut replies = self.replies.borrow_mut();
-        if replies.len() + completion.frame.len() > OWED_HARD_CAP {
+        if self.unwritten.get() + replies.len() + completion.frame.len() > OWED_HARD_CAP {
             drop(replies);
             // Dropped with the connection. Not counted as completed: the request stays in
             // flight, which is how the close counts it as unanswered.
@@ -256,8 +261,14 @@ impl Session<'_> {
             return;
         }
         let mut replies = self.shared.replies.borrow_mut();
-        self.output.extend_from_slice(&replies);
-        replies.clear();
+        if self.output.is_empty() {
+            // Take the buffer rather than copy it: a slow reader's replies can be megabytes, and
+            // a copy would hold them twice. Both buffers come from the same pool.
+            std::mem::swap(&mut self.output, &mut *replies);
+        } else {
+            self.output.extend_from_slice(&replies);
+            replies.clear();
+        }
         self.shard.io_buffers.release_if_empty(&mut replies);
         self.inflight -= n;
         self.replies_buffered += n as u64;
@@ -352,6 +363,7 @@ impl Session<'_> {
     /// false if the connection failed or was closed meanwhile.
     async fn flush(&mut self) -> bool {
         let mut written = 0;
+        self.shared.unwritten.set(self.output.len());
         while written < self.output.len() {
             let shared = self.shared;
             let result = futures_lite::future::or(
@@ -369,6 +381,7 @@ impl Session<'_> {
                 Some(Ok(n)) => {
                     written += n;
                     self.shared.last_active.set(Instant::now());
+                    self.shared.unwritten.set(self.output.len() - written);
                 }
             }
         }
