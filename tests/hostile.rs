@@ -586,11 +586,18 @@ fn a_client_that_never_reads_is_capped_and_does_not_hurt_others() {
 /// of its Gets before any reply exists, all for 512 KiB values the other core owns, so hundreds
 /// of large replies come back at once. What it may hold for them is what the client is owed, up
 /// to `OWED_HARD_CAP` (where it closes the connection as a slow reader), plus the replies the
-/// owner has on their way back, up to `REPLY_BACKLOG`. The server's peak RSS stays within that
-/// and a margin; without the backlog bound and with the owed replies copied
-/// into the output, it rose by 188-193 MiB. The connection is closed,
-/// the other client is still served, and every buffer comes back.
+/// owner has on their way back, up to `REPLY_BACKLOG`. The server's peak RSS over three such
+/// clients, one after another, stays within that and a margin. Without the backlog bound, and
+/// with the owed replies copied into the output, single bursts rose by 187-195 MiB in two of
+/// three release runs. Each connection is closed, the other client is still served, and every
+/// buffer comes back.
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "needs the optimized server: a debug owner is too slow to outrun the origin, so the \
+              burst it guards against barely forms (the old code passed in debug); .ci/run runs \
+              it with --release"
+)]
 fn a_burst_of_large_forwarded_gets_is_held_to_the_owed_cap_and_the_reply_backlog() {
     let _serial = serial();
     if test_cores() < 2 {
@@ -618,16 +625,24 @@ fn a_burst_of_large_forwarded_gets_is_held_to_the_owed_cap_and_the_reply_backlog
     let lent_before = sum(&other.stats(), |s| s.buffers_lent);
     let peak_before = proc_status_kib(pid, "VmHWM");
 
-    // A write error is no failure here: the server may close it as a slow reader meanwhile.
-    let unread = send_gets_never_reading(core0, &keys, 4096);
-    let written = unread.written;
-    // Owed more than the cap, the connection is closed; the other client stays.
-    poll_until(Duration::from_secs(10), || {
-        let open = sum(&other.stats(), |s| s.connections);
-        (open == 1)
-            .then_some(())
-            .ok_or(format!("{open} connections open"))
-    });
+    // How large a burst gets depends on how far the owner runs ahead of the origin, which
+    // varies from run to run: three bursts, and the peak over all of them.
+    for burst in 0..3 {
+        // A write error is no failure: the server may close it as a slow reader meanwhile.
+        let unread = send_gets_never_reading(core0, &keys, 4096);
+        // Owed more than the cap, the connection is closed; the other client stays.
+        poll_until(Duration::from_secs(10), || {
+            let open = sum(&other.stats(), |s| s.connections);
+            (open == 1)
+                .then_some(())
+                .ok_or(format!("burst {burst}: {open} connections open"))
+        });
+        eprintln!(
+            "burst {burst} of forwarded Gets: wrote {} bytes; peak RSS now {} KiB",
+            unread.written,
+            proc_status_kib(pid, "VmHWM")
+        );
+    }
     let peak_after = proc_status_kib(pid, "VmHWM");
     for (i, key) in keys.iter().enumerate() {
         assert_eq!(other.get_len(100 + i as u64, key), Some(BIG));
@@ -643,12 +658,12 @@ fn a_burst_of_large_forwarded_gets_is_held_to_the_owed_cap_and_the_reply_backlog
     let bound = ((OWED_HARD_CAP + REPLY_BACKLOG) >> 10) as u64 + (16 << 10);
     let grew = peak_after.saturating_sub(peak_before);
     eprintln!(
-        "burst of forwarded Gets: wrote {written} bytes; peak RSS {peak_before} KiB before, \
-         {peak_after} KiB after: +{grew} KiB (bound {bound} KiB)"
+        "bursts of forwarded Gets: peak RSS {peak_before} KiB before, {peak_after} KiB after: \
+         +{grew} KiB (bound {bound} KiB)"
     );
     assert!(
         grew <= bound,
-        "peak RSS grew by {grew} KiB with one client that reads nothing (bound {bound} KiB)"
+        "peak RSS grew by {grew} KiB with clients that read nothing (bound {bound} KiB)"
     );
 }
 

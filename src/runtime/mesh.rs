@@ -51,8 +51,8 @@ struct LinkEnds<Req: Send + 'static, Rep: Send + 'static> {
 type Weighed<Rep> = (Rep, usize);
 
 /// What has gone through one channel. Only the sending core writes `sent` and `closed`, and
-/// only the receiving core `taken`; `bytes` goes up on the sending core and down on the
-/// receiving one.
+/// only the receiving core `taken` and `receiver_gone`; `bytes` goes up on the sending core
+/// and down on the receiving one.
 #[derive(Default)]
 struct Traffic {
     sent: AtomicU64,
@@ -60,6 +60,8 @@ struct Traffic {
     closed: AtomicBool,
     /// Bytes of the weighed messages sent and not yet taken.
     bytes: AtomicUsize,
+    /// The receiving end was dropped: nothing sent will be taken any more.
+    receiver_gone: AtomicBool,
 }
 
 impl Traffic {
@@ -284,6 +286,7 @@ impl<T: Send + 'static> Inbound<T> {
 
 impl<T: Send + 'static> Drop for Inbound<T> {
     fn drop(&mut self) {
+        self.traffic.receiver_gone.store(true, Ordering::Release);
         if let Some((poller, token)) = &self.watch {
             poller.unwatch(*token);
         }
@@ -362,9 +365,15 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
         self.replies_out.traffic.bytes.load(Ordering::Acquire)
     }
 
-    /// Whether the peer has stopped sending requests (it is shutting down).
-    pub fn requests_closed(&self) -> bool {
-        self.requests_in.traffic.closed.load(Ordering::Acquire)
+    /// Whether the peer still takes this core's replies: false once its end is gone (its
+    /// executor ended), when waiting for it to take them would wait forever. At an orderly
+    /// shutdown it takes them until this core closes its replies.
+    pub fn peer_takes_replies(&self) -> bool {
+        !self
+            .replies_out
+            .traffic
+            .receiver_gone
+            .load(Ordering::Acquire)
     }
 
     /// The next reply from the peer, returning its permit; `None` once the peer has closed.

@@ -270,6 +270,8 @@ impl Session<'_> {
             replies.clear();
         }
         self.shard.io_buffers.release_if_empty(&mut replies);
+        // Owed from now until written, including while routing waits for a mesh permit.
+        self.shared.unwritten.set(self.output.len());
         self.inflight -= n;
         self.replies_buffered += n as u64;
     }

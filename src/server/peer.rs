@@ -118,7 +118,7 @@ pub struct StatsGather {
 /// for the peer to take its replies, which the peer does without waiting on anything else.
 pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
     while let Some(request) = link.recv_request().await {
-        while link.replies_untaken() > REPLY_BACKLOG && !link.requests_closed() {
+        while link.replies_untaken() > REPLY_BACKLOG && link.peer_takes_replies() {
             runtime::sleep(BACKLOG_RECHECK).await;
         }
         let reply = match request {
