@@ -466,6 +466,10 @@ def main():
         table(closed, per_cpu_second,
               "Closed loop: requests per server CPU-second (throughput ÷ server CPU use)"),
         "",
+        table(closed, lambda r: 100 * r["load_cpu_s"] / r["wall_s"],
+              "Closed loop: percore-load's CPU use, % of one CPU (near 100, the generator "
+              "sets the pace, not the server)"),
+        "",
         f"Open loop at {RATE_FRACTION:.0%} of the slowest server's closed-loop median: {rate_line}.",
         "",
         table(opened, latency("p50"), "Open loop: p50 latency, µs (from intended send time)"),
