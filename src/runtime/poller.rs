@@ -310,20 +310,9 @@ impl Poller {
     pub async fn wait_watch(&self, token: usize) -> Readiness {
         std::future::poll_fn(|cx| {
             let mut watches = self.watches.borrow_mut();
-            let Some(watch) = watches.get_mut(token) else {
-                return Poll::Ready(Readiness::Ready);
-            };
-            if (watch.ready)() {
-                unpark(&mut watch.waiter, &self.waiting);
-                Poll::Ready(Readiness::Ready)
-            } else if self.asleep.get() {
-                unpark(&mut watch.waiter, &self.waiting);
-                Poll::Ready(Readiness::Sleep)
-            } else {
-                if park(&mut watch.waiter, cx, &self.waiting) {
-                    self.resume();
-                }
-                Poll::Pending
+            match watches.get_mut(token) {
+                Some(watch) => self.wait_step((watch.ready)(), &mut watch.waiter, cx),
+                None => Poll::Ready(Readiness::Ready),
             }
         })
         .await
@@ -332,20 +321,12 @@ impl Poller {
     /// Marks a wait on socket `token` that glommio does (the core had gone quiet), until the
     /// returned guard is dropped.
     pub fn glommio_wait(&self, token: usize) -> GlommioWait<'_> {
-        self.count_glommio_wait(Waited::Socket(token), 1);
-        GlommioWait {
-            poller: self,
-            waited: Waited::Socket(token),
-        }
+        GlommioWait::new(self, Waited::Socket(token))
     }
 
     /// The same for a task that waits on watch `token` through glommio.
     pub fn glommio_wait_watch(&self, token: usize) -> GlommioWait<'_> {
-        self.count_glommio_wait(Waited::Watch(token), 1);
-        GlommioWait {
-            poller: self,
-            waited: Waited::Watch(token),
-        }
+        GlommioWait::new(self, Waited::Watch(token))
     }
 
     fn count_glommio_wait(&self, waited: Waited, delta: i32) {
@@ -401,18 +382,29 @@ impl Poller {
 
     fn poll_wait(&self, token: usize, cx: &Context<'_>) -> Poll<Readiness> {
         let mut entries = self.entries.borrow_mut();
-        let Some(entry) = entries.get_mut(token) else {
-            return Poll::Ready(Readiness::Ready);
-        };
-        if entry.ready {
-            unpark(&mut entry.waiter, &self.waiting);
-            return Poll::Ready(Readiness::Ready);
+        match entries.get_mut(token) {
+            Some(entry) => self.wait_step(entry.ready, &mut entry.waiter, cx),
+            None => Poll::Ready(Readiness::Ready),
         }
-        if self.asleep.get() {
-            unpark(&mut entry.waiter, &self.waiting);
-            return Poll::Ready(Readiness::Sleep);
+    }
+
+    /// One poll of a read or watch wait whose waker lives in `waiter`: done if `ready`, sent to
+    /// glommio if the core has gone quiet, parked here otherwise.
+    fn wait_step(
+        &self,
+        ready: bool,
+        waiter: &mut Option<Waker>,
+        cx: &Context<'_>,
+    ) -> Poll<Readiness> {
+        if ready || self.asleep.get() {
+            unpark(waiter, &self.waiting);
+            return Poll::Ready(if ready {
+                Readiness::Ready
+            } else {
+                Readiness::Sleep
+            });
         }
-        if park(&mut entry.waiter, cx, &self.waiting) {
+        if park(waiter, cx, &self.waiting) {
             self.resume();
         }
         Poll::Pending
@@ -522,14 +514,10 @@ impl Poller {
                 entry.ready = true;
                 entry.hung_up |= event.events & hang_up != 0;
                 entry.broken |= event.events & broken != 0;
-                if let Some(waiter) = unpark(&mut entry.waiter, &self.waiting) {
-                    waiter.wake();
-                }
+                wake(&mut entry.waiter, &self.waiting);
                 if event.events & (libc::EPOLLOUT as u32 | broken) != 0 {
                     entry.writable = true;
-                    if let Some(waiter) = unpark(&mut entry.write_waiter, &self.write_waiters) {
-                        waiter.wake();
-                    }
+                    wake(&mut entry.write_waiter, &self.write_waiters);
                 }
             }
         }
@@ -564,10 +552,8 @@ impl Poller {
         let mut for_glommio = false;
         for (_, watch) in self.watches.borrow_mut().iter_mut() {
             if watch.waiter.is_some() && (watch.ready)() {
-                if let Some(waiter) = unpark(&mut watch.waiter, &self.waiting) {
-                    waiter.wake();
-                    woken += 1;
-                }
+                wake(&mut watch.waiter, &self.waiting);
+                woken += 1;
             } else if watch.glommio_waits > 0 && (watch.ready)() {
                 for_glommio = true;
             }
@@ -579,16 +565,11 @@ impl Poller {
     fn fall_asleep(&self) {
         self.asleep.set(true);
         for (_, watch) in self.watches.borrow_mut().iter_mut() {
-            if let Some(waiter) = unpark(&mut watch.waiter, &self.waiting) {
-                waiter.wake();
-            }
+            wake(&mut watch.waiter, &self.waiting);
         }
         // Readers go to glommio; writers stay (see `wait_writable`).
-        let mut entries = self.entries.borrow_mut();
-        for (_, entry) in entries.iter_mut() {
-            if let Some(waiter) = unpark(&mut entry.waiter, &self.waiting) {
-                waiter.wake();
-            }
+        for (_, entry) in self.entries.borrow_mut().iter_mut() {
+            wake(&mut entry.waiter, &self.waiting);
         }
     }
 }
@@ -622,6 +603,13 @@ enum Waited {
     Watch(usize),
 }
 
+impl<'a> GlommioWait<'a> {
+    fn new(poller: &'a Poller, waited: Waited) -> Self {
+        poller.count_glommio_wait(waited, 1);
+        GlommioWait { poller, waited }
+    }
+}
+
 impl Drop for GlommioWait<'_> {
     fn drop(&mut self) {
         self.poller.count_glommio_wait(self.waited, -1);
@@ -652,4 +640,11 @@ fn unpark(slot: &mut Option<Waker>, count: &Cell<usize>) -> Option<Waker> {
         count.set(count.get() - 1);
     }
     waker
+}
+
+/// Wakes the task parked in `slot`, if any.
+fn wake(slot: &mut Option<Waker>, count: &Cell<usize>) {
+    if let Some(waker) = unpark(slot, count) {
+        waker.wake();
+    }
 }
