@@ -23,6 +23,7 @@
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
@@ -360,20 +361,17 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
             })
     }
 
-    /// Bytes of this core's replies that the peer has not taken yet.
-    pub fn replies_untaken(&self) -> usize {
-        self.replies_out.traffic.bytes.load(Ordering::Acquire)
-    }
-
-    /// Whether the peer still takes this core's replies: false once its end is gone (its
-    /// executor ended), when waiting for it to take them would wait forever. At an orderly
-    /// shutdown it takes them until this core closes its replies.
-    pub fn peer_takes_replies(&self) -> bool {
-        !self
-            .replies_out
-            .traffic
-            .receiver_gone
-            .load(Ordering::Acquire)
+    /// Waits until the peer has taken this core's replies down to `limit` bytes, or its end is
+    /// gone (its executor ended), when waiting would be forever. At an orderly shutdown the
+    /// peer takes replies until this core closes them. The peer takes them without waiting on
+    /// anything else, so this cannot deadlock; it looks every `recheck`.
+    pub async fn wait_replies_taken(&self, limit: usize, recheck: Duration) {
+        let traffic = &self.replies_out.traffic;
+        while traffic.bytes.load(Ordering::Acquire) > limit
+            && !traffic.receiver_gone.load(Ordering::Acquire)
+        {
+            super::sleep(recheck).await;
+        }
     }
 
     /// The next reply from the peer, returning its permit; `None` once the peer has closed.
