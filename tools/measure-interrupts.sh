@@ -52,7 +52,6 @@ if [[ -n "${SERVER_CPU_QUOTA:-}" ]]; then
 fi
 
 res0() { awk '/^ *RES:/ {print $2}' /proc/interrupts; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run() { # round server scenario
   local round=$1 server=$2 scenario=$3 port pid

@@ -41,7 +41,6 @@ trap cleanup EXIT
 if [[ "$SERVER_CPU_QUOTA" != 0 ]]; then
   cpu_cap_create "$SERVER_CPU_QUOTA"
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 for scenario in $SCENARIOS; do
   workload=${scenario%-p*} pipeline=${scenario##*-p}

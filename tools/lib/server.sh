@@ -18,6 +18,11 @@ wait_listening() {
   return 1
 }
 
+# free_port: a TCP port on 127.0.0.1 that is free now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
 # proc_status_kb PID FIELD: a field of /proc/PID/status in KiB (VmRSS, VmHWM, ...).
 proc_status_kb() {
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
