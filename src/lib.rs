@@ -10,6 +10,8 @@
 //!   connections, and the cross-core mesh.
 //! - [`server`]: bootstrap, then per core: accept, [`server::connection`] (read, route, write),
 //!   [`server::router`], forwarding to the owner core, the compute queue, shutdown.
+//! - [`memcache`]: memcached's text protocol (classic and meta commands), served beside the
+//!   native one on the same cores and store.
 //! - [`ops`]: what each operation does; [`store`]: one core's shard of the cache.
 //! - [`metrics`]: per-core counters and latency histograms, and the exit report.
 //! - [`client`]: an async client with pipelining, used by the tests and `percore-load`.
@@ -18,6 +20,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod memcache;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;

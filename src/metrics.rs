@@ -91,6 +91,10 @@ impl Metrics {
             // Filled by the shard, which owns the pools.
             buffers_lent: 0,
             buffers_free: 0,
+            requests_touch: r[OpKind::Touch.index()],
+            requests_arith: r[OpKind::Arith.index()],
+            requests_flush: r[OpKind::Flush.index()],
+            items_stored: store.items_stored,
         }
     }
 }

@@ -16,7 +16,7 @@ pub fn execute<'s>(
         Op::Get { key } => match store.get(hash, key, now_ms) {
             Some(found) => Ok(Reply::Value {
                 value: found.value,
-                ttl_ms: found.ttl_ms,
+                ttl_ms: found.ttl_ms_u32(),
             }),
             None => Err(RequestError::NotFound),
         },

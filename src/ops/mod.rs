@@ -7,6 +7,7 @@
 
 pub mod compute;
 pub mod kv;
+pub mod memcache;
 
 use crate::protocol::Reply;
 

@@ -49,10 +49,16 @@ pub enum OpKind {
     Delete,
     Compute,
     Stats,
+    /// memcached's `touch` (the native protocol has no such operation).
+    Touch,
+    /// memcached's `incr`, `decr` and `ma`.
+    Arith,
+    /// memcached's `flush_all`.
+    Flush,
 }
 
 impl OpKind {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 10;
     pub const ALL: [OpKind; OpKind::COUNT] = [
         OpKind::Hello,
         OpKind::Ping,
@@ -61,6 +67,9 @@ impl OpKind {
         OpKind::Delete,
         OpKind::Compute,
         OpKind::Stats,
+        OpKind::Touch,
+        OpKind::Arith,
+        OpKind::Flush,
     ];
 
     pub fn index(self) -> usize {
@@ -76,6 +85,9 @@ impl OpKind {
             OpKind::Delete => "delete",
             OpKind::Compute => "compute",
             OpKind::Stats => "stats",
+            OpKind::Touch => "touch",
+            OpKind::Arith => "arith",
+            OpKind::Flush => "flush",
         }
     }
 }

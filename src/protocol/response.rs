@@ -35,6 +35,11 @@ pub struct ShardStats {
     pub buffers_lent: u64,
     /// Buffers idle in this core's pools, kept for reuse.
     pub buffers_free: u64,
+    pub requests_touch: u64,
+    pub requests_arith: u64,
+    pub requests_flush: u64,
+    /// Items ever stored (memcached's `total_items`).
+    pub items_stored: u64,
 }
 
 impl ShardStats {
@@ -60,6 +65,10 @@ impl ShardStats {
             forwarded: s.forwarded(),
             buffers_lent: s.buffers_lent(),
             buffers_free: s.buffers_free(),
+            requests_touch: s.requests_touch(),
+            requests_arith: s.requests_arith(),
+            requests_flush: s.requests_flush(),
+            items_stored: s.items_stored(),
         }
     }
 
@@ -85,6 +94,10 @@ impl ShardStats {
             forwarded: self.forwarded,
             buffers_lent: self.buffers_lent,
             buffers_free: self.buffers_free,
+            requests_touch: self.requests_touch,
+            requests_arith: self.requests_arith,
+            requests_flush: self.requests_flush,
+            items_stored: self.items_stored,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The per-core slab arena that holds items: size classes of fixed-size chunks carved from
 //! pages, a byte budget for the pages, and CLOCK eviction within a class.
 //!
-//! An item lives in one chunk: a 24-byte header, the key, the value. Chunk sizes start at 64
+//! An item lives in one chunk: a 40-byte header (hash, expiry, CAS unique, lengths, client
+//! flags, last access), the key, the value. Chunk sizes start at 64
 //! bytes and grow by 1.25x (rounded to 8) up to the largest possible item (a 250-byte key and
 //! a 1 MiB value). Each class carves 1 MiB pages into as many chunks as fit (a class whose chunk
 //! is larger than 1 MiB gets pages of one chunk). Pages are allocated zeroed, so the kernel maps
@@ -12,13 +13,27 @@
 
 /// Bytes of a page (classes with larger chunks get a page of one chunk).
 pub const PAGE_SIZE: usize = 1 << 20;
-/// Bytes before the key in a chunk.
-pub const HEADER: usize = 24;
+/// Bytes before the key in a chunk: the [`Header`].
+pub const HEADER: usize = 40;
 const MIN_CHUNK: usize = 64;
 const GROWTH: f64 = 1.25;
 
+/// Offsets of the header's fields (little-endian).
+const HASH_AT: usize = 0;
+const EXPIRES_AT: usize = 8;
+const CAS_AT: usize = 16;
+const VALUE_LEN_AT: usize = 24;
+const CLIENT_FLAGS_AT: usize = 28;
+const ACCESSED_AT: usize = 32;
+const KEY_LEN_AT: usize = 36;
+const BITS_AT: usize = 37;
+
+/// The chunk holds an item.
 const LIVE: u8 = 1;
+/// Read or written since CLOCK last passed it.
 const REFERENCED: u8 = 2;
+/// Read at least once since it was written (memcached's `h` meta flag).
+const FETCHED: u8 = 4;
 
 /// Where an item lives: its class and its slot (page * chunks per page + chunk) in the class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,33 +48,68 @@ pub struct Header {
     pub hash: u64,
     /// Milliseconds on the store's clock when the item expires; 0 = never.
     pub expires_at_ms: u64,
+    /// memcached's CAS unique: changed by every modification of the item.
+    pub cas: u64,
     pub value_len: u32,
+    /// memcached's opaque client flags (0 for items set over the native protocol).
+    pub client_flags: u32,
+    /// Seconds on the store's clock of the last read or write.
+    pub accessed_s: u32,
     pub key_len: u8,
-    flags: u8,
+    bits: u8,
+}
+
+/// What a write stores beside the key and the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub hash: u64,
+    pub expires_at_ms: u64,
+    pub cas: u64,
+    pub client_flags: u32,
+    pub now_s: u32,
+}
+
+fn u64_at(chunk: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(chunk[i..i + 8].try_into().unwrap_or_default())
+}
+
+fn u32_at(chunk: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(chunk[i..i + 4].try_into().unwrap_or_default())
 }
 
 impl Header {
     fn read(chunk: &[u8]) -> Header {
-        let u64_at = |i: usize| u64::from_le_bytes(chunk[i..i + 8].try_into().unwrap_or_default());
         Header {
-            hash: u64_at(0),
-            expires_at_ms: u64_at(8),
-            value_len: u32::from_le_bytes(chunk[16..20].try_into().unwrap_or_default()),
-            key_len: chunk[20],
-            flags: chunk[21],
+            hash: u64_at(chunk, HASH_AT),
+            expires_at_ms: u64_at(chunk, EXPIRES_AT),
+            cas: u64_at(chunk, CAS_AT),
+            value_len: u32_at(chunk, VALUE_LEN_AT),
+            client_flags: u32_at(chunk, CLIENT_FLAGS_AT),
+            accessed_s: u32_at(chunk, ACCESSED_AT),
+            key_len: chunk[KEY_LEN_AT],
+            bits: chunk[BITS_AT],
         }
     }
 
     fn write(&self, chunk: &mut [u8]) {
-        chunk[0..8].copy_from_slice(&self.hash.to_le_bytes());
-        chunk[8..16].copy_from_slice(&self.expires_at_ms.to_le_bytes());
-        chunk[16..20].copy_from_slice(&self.value_len.to_le_bytes());
-        chunk[20] = self.key_len;
-        chunk[21] = self.flags;
+        chunk[HASH_AT..HASH_AT + 8].copy_from_slice(&self.hash.to_le_bytes());
+        chunk[EXPIRES_AT..EXPIRES_AT + 8].copy_from_slice(&self.expires_at_ms.to_le_bytes());
+        chunk[CAS_AT..CAS_AT + 8].copy_from_slice(&self.cas.to_le_bytes());
+        chunk[VALUE_LEN_AT..VALUE_LEN_AT + 4].copy_from_slice(&self.value_len.to_le_bytes());
+        chunk[CLIENT_FLAGS_AT..CLIENT_FLAGS_AT + 4]
+            .copy_from_slice(&self.client_flags.to_le_bytes());
+        chunk[ACCESSED_AT..ACCESSED_AT + 4].copy_from_slice(&self.accessed_s.to_le_bytes());
+        chunk[KEY_LEN_AT] = self.key_len;
+        chunk[BITS_AT] = self.bits;
     }
 
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+
+    /// Whether the item was read since it was last written.
+    pub fn fetched(&self) -> bool {
+        self.bits & FETCHED != 0
     }
 }
 
@@ -106,6 +156,9 @@ pub struct Arena {
     budget: usize,
     /// Bytes of all pages allocated.
     pages_bytes: usize,
+    /// Items whose CAS unique is at most this were flushed (`flush_all`): dead, like expired
+    /// ones, and reclaimed the same way.
+    pub flushed_cas: u64,
 }
 
 impl Arena {
@@ -131,6 +184,7 @@ impl Arena {
             classes,
             budget,
             pages_bytes: 0,
+            flushed_cas: 0,
         }
     }
 
@@ -164,7 +218,7 @@ impl Arena {
 
     pub fn key(&self, loc: Loc) -> &[u8] {
         let chunk = self.classes[loc.class as usize].chunk(loc.slot);
-        &chunk[HEADER..HEADER + chunk[20] as usize]
+        &chunk[HEADER..HEADER + chunk[KEY_LEN_AT] as usize]
     }
 
     pub fn value(&self, loc: Loc) -> &[u8] {
@@ -174,43 +228,64 @@ impl Arena {
         &chunk[start..start + h.value_len as usize]
     }
 
-    /// Marks an item recently used, so CLOCK passes it over once.
-    pub fn touch(&mut self, loc: Loc) {
+    /// Marks an item read at `now_s`, so CLOCK passes it over once.
+    pub fn touch(&mut self, loc: Loc, now_s: u32) {
         let chunk = self.classes[loc.class as usize].chunk_mut(loc.slot);
-        chunk[21] |= REFERENCED;
+        chunk[BITS_AT] |= REFERENCED | FETCHED;
+        chunk[ACCESSED_AT..ACCESSED_AT + 4].copy_from_slice(&now_s.to_le_bytes());
     }
 
-    /// Writes an item into the chunk at `loc` (which the caller owns).
-    pub fn write(&mut self, loc: Loc, hash: u64, key: &[u8], value: &[u8], expires_at_ms: u64) {
+    /// Sets the expiry of the item at `loc`.
+    pub fn set_expiry(&mut self, loc: Loc, expires_at_ms: u64) {
+        let chunk = self.classes[loc.class as usize].chunk_mut(loc.slot);
+        chunk[EXPIRES_AT..EXPIRES_AT + 8].copy_from_slice(&expires_at_ms.to_le_bytes());
+    }
+
+    /// Writes an item into the chunk at `loc` (which the caller owns). The value is the
+    /// concatenation of `value` and `tail`, so append and prepend need no buffer of their own.
+    pub fn write(&mut self, loc: Loc, meta: &Meta, key: &[u8], value: &[u8], tail: &[u8]) {
         let chunk = self.classes[loc.class as usize].chunk_mut(loc.slot);
         Header {
-            hash,
-            expires_at_ms,
-            value_len: value.len() as u32,
+            hash: meta.hash,
+            expires_at_ms: meta.expires_at_ms,
+            cas: meta.cas,
+            value_len: (value.len() + tail.len()) as u32,
+            client_flags: meta.client_flags,
+            accessed_s: meta.now_s,
             key_len: key.len() as u8,
-            flags: LIVE | REFERENCED,
+            bits: LIVE | REFERENCED,
         }
         .write(chunk);
-        chunk[HEADER..HEADER + key.len()].copy_from_slice(key);
-        chunk[HEADER + key.len()..HEADER + key.len() + value.len()].copy_from_slice(value);
+        let mut at = HEADER;
+        for part in [key, value, tail] {
+            chunk[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
     }
 
-    /// Overwrites the value and expiry of the item at `loc` in place (same class).
-    pub fn rewrite_value(&mut self, loc: Loc, value: &[u8], expires_at_ms: u64) {
-        let mut h = self.header(loc);
+    /// Overwrites the value and metadata of the item at `loc` in place (same class, same key).
+    pub fn rewrite(&mut self, loc: Loc, meta: &Meta, value: &[u8]) {
+        let key_len = self.header(loc).key_len as usize;
         let chunk = self.classes[loc.class as usize].chunk_mut(loc.slot);
-        h.value_len = value.len() as u32;
-        h.expires_at_ms = expires_at_ms;
-        h.flags |= REFERENCED;
-        h.write(chunk);
-        let start = HEADER + h.key_len as usize;
+        Header {
+            hash: meta.hash,
+            expires_at_ms: meta.expires_at_ms,
+            cas: meta.cas,
+            value_len: value.len() as u32,
+            client_flags: meta.client_flags,
+            accessed_s: meta.now_s,
+            key_len: key_len as u8,
+            bits: LIVE | REFERENCED,
+        }
+        .write(chunk);
+        let start = HEADER + key_len;
         chunk[start..start + value.len()].copy_from_slice(value);
     }
 
     /// Frees the chunk at `loc`.
     pub fn free(&mut self, loc: Loc) {
         let class = &mut self.classes[loc.class as usize];
-        class.chunk_mut(loc.slot)[21] = 0;
+        class.chunk_mut(loc.slot)[BITS_AT] = 0;
         class.free.push(loc.slot);
     }
 
@@ -282,20 +357,21 @@ impl Arena {
             class.hand = (slot + 1) % slots;
             let chunk = class.chunk_mut(slot);
             let h = Header::read(chunk);
-            if h.flags & LIVE == 0 {
+            if h.bits & LIVE == 0 {
                 // Free chunks are all on the free list, which is empty when CLOCK runs.
                 continue;
             }
-            if h.flags & REFERENCED != 0 && !h.expired(now_ms) {
-                chunk[21] &= !REFERENCED;
+            let dead = h.expired(now_ms) || h.cas <= self.flushed_cas;
+            if h.bits & REFERENCED != 0 && !dead {
+                chunk[BITS_AT] &= !REFERENCED;
                 continue;
             }
-            if h.expired(now_ms) {
+            if dead {
                 reclaimed.expired += 1;
             } else {
                 reclaimed.evicted += 1;
             }
-            chunk[21] = 0;
+            chunk[BITS_AT] = 0;
             evict(
                 Loc {
                     class: c as u8,
@@ -332,8 +408,8 @@ impl Arena {
         let first_slot = (last * class.per_page) as u32;
         for slot in first_slot..first_slot + class.per_page as u32 {
             let h = Header::read(class.chunk(slot));
-            if h.flags & LIVE != 0 {
-                if h.expired(now_ms) {
+            if h.bits & LIVE != 0 {
+                if h.expired(now_ms) || h.cas <= self.flushed_cas {
                     reclaimed.expired += 1;
                 } else {
                     reclaimed.evicted += 1;
@@ -357,7 +433,7 @@ impl Arena {
         self.pages_bytes -= class.page_len();
     }
 
-    /// Visits up to `max_slots` chunks from `cursor`, passing each live expired item to
+    /// Visits up to `max_slots` chunks from `cursor`, passing each live expired (or flushed) item to
     /// `expire` and freeing its chunk. Returns the cursor to continue from. Bounded work, so a
     /// periodic caller reclaims expired items without ever stalling requests.
     pub fn sweep(
@@ -377,7 +453,7 @@ impl Arena {
                 continue;
             }
             let h = Header::read(self.classes[c].chunk(slot));
-            if h.flags & LIVE != 0 && h.expired(now_ms) {
+            if h.bits & LIVE != 0 && (h.expired(now_ms) || h.cas <= self.flushed_cas) {
                 let loc = Loc {
                     class: c as u8,
                     slot,
@@ -400,6 +476,16 @@ mod tests {
     use super::*;
 
     const LARGEST: usize = HEADER + 250 + (1 << 20);
+
+    fn meta(hash: u64, expires_at_ms: u64) -> Meta {
+        Meta {
+            hash,
+            expires_at_ms,
+            cas: hash + 1,
+            client_flags: 0,
+            now_s: 0,
+        }
+    }
 
     #[test]
     fn classes_grow_by_a_quarter_up_to_the_largest_item() {
@@ -433,7 +519,7 @@ mod tests {
         for i in 0..per_page {
             let (loc, r) = a.allocate(0, 0, &mut |l, _| evicted.push(l)).unwrap();
             assert_eq!(r, Reclaimed::default());
-            a.write(loc, i as u64, &i.to_le_bytes(), b"v", 0);
+            a.write(loc, &meta(i as u64, 0), &i.to_le_bytes(), b"v", b"");
             locs.push(loc);
         }
         assert_eq!(a.pages_bytes(), PAGE_SIZE);
@@ -443,7 +529,7 @@ mod tests {
         // slot 0. Touching slot 1 again spares it on the next eviction.
         let (loc, r) = a.allocate(0, 0, &mut |l, _| evicted.push(l)).unwrap();
         assert_eq!((loc.slot, r.evicted), (0, 1));
-        a.touch(locs[1]);
+        a.touch(locs[1], 0);
         let (loc, _) = a.allocate(0, 0, &mut |l, _| evicted.push(l)).unwrap();
         assert_eq!(loc.slot, 2, "slot 1 was referenced and passed over");
         assert_eq!(evicted.len(), 2);
@@ -453,7 +539,7 @@ mod tests {
     fn a_class_without_pages_takes_one_from_the_largest() {
         let mut a = Arena::new(PAGE_SIZE, LARGEST);
         let (loc, _) = a.allocate(0, 0, &mut |_, _| {}).unwrap();
-        a.write(loc, 1, b"k", b"v", 0);
+        a.write(loc, &meta(1, 0), b"k", b"v", b"");
         let big = a.class_for(10_000).unwrap();
         let mut evicted = 0;
         let (loc, r) = a.allocate(big, 0, &mut |_, _| evicted += 1).unwrap();
@@ -468,7 +554,7 @@ mod tests {
         let mut a = Arena::new(4 * PAGE_SIZE, LARGEST);
         for i in 0..10u64 {
             let (loc, _) = a.allocate(0, 0, &mut |_, _| {}).unwrap();
-            a.write(loc, i, &[i as u8], b"v", if i % 2 == 0 { 5 } else { 0 });
+            a.write(loc, &meta(i, if i % 2 == 0 { 5 } else { 0 }), &[i as u8], b"v", b"");
         }
         let mut expired = 0;
         let mut cursor = (0, 0);

@@ -1919,6 +1919,10 @@ impl<'a> ShardStats<'a> {
   pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 38;
   pub const VT_BUFFERS_LENT: ::flatbuffers::VOffsetT = 40;
   pub const VT_BUFFERS_FREE: ::flatbuffers::VOffsetT = 42;
+  pub const VT_REQUESTS_TOUCH: ::flatbuffers::VOffsetT = 44;
+  pub const VT_REQUESTS_ARITH: ::flatbuffers::VOffsetT = 46;
+  pub const VT_REQUESTS_FLUSH: ::flatbuffers::VOffsetT = 48;
+  pub const VT_ITEMS_STORED: ::flatbuffers::VOffsetT = 50;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1930,6 +1934,10 @@ impl<'a> ShardStats<'a> {
     args: &'args ShardStatsArgs
   ) -> ::flatbuffers::WIPOffset<ShardStats<'bldr>> {
     let mut builder = ShardStatsBuilder::new(_fbb);
+    builder.add_items_stored(args.items_stored);
+    builder.add_requests_flush(args.requests_flush);
+    builder.add_requests_arith(args.requests_arith);
+    builder.add_requests_touch(args.requests_touch);
     builder.add_buffers_free(args.buffers_free);
     builder.add_buffers_lent(args.buffers_lent);
     builder.add_forwarded(args.forwarded);
@@ -2094,6 +2102,34 @@ impl<'a> ShardStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ShardStats::VT_BUFFERS_FREE, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn requests_touch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_REQUESTS_TOUCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn requests_arith(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_REQUESTS_ARITH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn requests_flush(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_REQUESTS_FLUSH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn items_stored(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_ITEMS_STORED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardStats<'_> {
@@ -2122,6 +2158,10 @@ impl ::flatbuffers::Verifiable for ShardStats<'_> {
      .visit_field::<u64>("forwarded", Self::VT_FORWARDED, false)?
      .visit_field::<u64>("buffers_lent", Self::VT_BUFFERS_LENT, false)?
      .visit_field::<u64>("buffers_free", Self::VT_BUFFERS_FREE, false)?
+     .visit_field::<u64>("requests_touch", Self::VT_REQUESTS_TOUCH, false)?
+     .visit_field::<u64>("requests_arith", Self::VT_REQUESTS_ARITH, false)?
+     .visit_field::<u64>("requests_flush", Self::VT_REQUESTS_FLUSH, false)?
+     .visit_field::<u64>("items_stored", Self::VT_ITEMS_STORED, false)?
      .finish();
     Ok(())
   }
@@ -2147,6 +2187,10 @@ pub struct ShardStatsArgs {
     pub forwarded: u64,
     pub buffers_lent: u64,
     pub buffers_free: u64,
+    pub requests_touch: u64,
+    pub requests_arith: u64,
+    pub requests_flush: u64,
+    pub items_stored: u64,
 }
 impl<'a> Default for ShardStatsArgs {
   #[inline]
@@ -2172,6 +2216,10 @@ impl<'a> Default for ShardStatsArgs {
       forwarded: 0,
       buffers_lent: 0,
       buffers_free: 0,
+      requests_touch: 0,
+      requests_arith: 0,
+      requests_flush: 0,
+      items_stored: 0,
     }
   }
 }
@@ -2262,6 +2310,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardStatsBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ShardStats::VT_BUFFERS_FREE, buffers_free, 0);
   }
   #[inline]
+  pub fn add_requests_touch(&mut self, requests_touch: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_REQUESTS_TOUCH, requests_touch, 0);
+  }
+  #[inline]
+  pub fn add_requests_arith(&mut self, requests_arith: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_REQUESTS_ARITH, requests_arith, 0);
+  }
+  #[inline]
+  pub fn add_requests_flush(&mut self, requests_flush: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_REQUESTS_FLUSH, requests_flush, 0);
+  }
+  #[inline]
+  pub fn add_items_stored(&mut self, items_stored: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_ITEMS_STORED, items_stored, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardStatsBuilder {
@@ -2299,6 +2363,10 @@ impl ::core::fmt::Debug for ShardStats<'_> {
       ds.field("forwarded", &self.forwarded());
       ds.field("buffers_lent", &self.buffers_lent());
       ds.field("buffers_free", &self.buffers_free());
+      ds.field("requests_touch", &self.requests_touch());
+      ds.field("requests_arith", &self.requests_arith());
+      ds.field("requests_flush", &self.requests_flush());
+      ds.field("items_stored", &self.items_stored());
       ds.finish()
   }
 }
