@@ -192,6 +192,11 @@ pub struct Options {
     #[arg(long, value_name = "DUR")]
     pub frame_timeout: Option<Dur>,
 
+    /// Also serve memcached's text protocol (classic and meta commands) on this address, on
+    /// every core and the same store [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub memcached_listen: Option<SocketAddr>,
+
     /// Core i also listens alone on port BASE+i, for shard-aware clients [default: off]
     #[arg(long, value_name = "BASE")]
     pub shard_ports: Option<u16>,
@@ -224,6 +229,7 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub memcached_listen: Option<SocketAddr>,
     pub cpus: Vec<usize>,
     pub memory: u64,
     pub max_connections: usize,
@@ -267,6 +273,7 @@ impl Options {
         };
         let config = Config {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7070))),
+            memcached_listen: self.memcached_listen.or(file.memcached_listen),
             cpus,
             memory: pick!(memory, Size(256 << 20)).0,
             max_connections: pick!(max_connections, 10_000),

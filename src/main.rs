@@ -42,7 +42,7 @@ fn run(options: Options) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     println!(
-        "percore listening on {} with {} cores (cpus {cpus}){}",
+        "percore listening on {} with {} cores (cpus {cpus}){}{}",
         server.addr,
         server.cpus.len(),
         match server.shard_ports.first() {
@@ -50,6 +50,10 @@ fn run(options: Options) -> anyhow::Result<()> {
                 ", shard ports {base}..={}",
                 base + server.cpus.len() as u16 - 1
             ),
+            None => String::new(),
+        },
+        match server.memcached_addr {
+            Some(addr) => format!(", memcached on {addr}"),
             None => String::new(),
         }
     );

@@ -500,7 +500,8 @@ fn storage<'a>(
         error: Error::BadFormat,
         skip,
     };
-    let (Some(key), Some(flags), Some(exptime), Some(bytes)) = (w.next(), w.next(), w.next(), w.next())
+    let (Some(key), Some(flags), Some(exptime), Some(bytes)) =
+        (w.next(), w.next(), w.next(), w.next())
     else {
         return bad(line_len);
     };
@@ -643,7 +644,10 @@ mod tests {
                 data,
                 ..
             } => {
-                assert_eq!((kind, key, client_flags, exptime), (Storage::Set, &b"k"[..], 5, -1));
+                assert_eq!(
+                    (kind, key, client_flags, exptime),
+                    (Storage::Set, &b"k"[..], 5, -1)
+                );
                 assert!(noreply);
                 assert_eq!(data, b"a\r\nb");
             }
@@ -656,7 +660,14 @@ mod tests {
             );
         }
         let (c, _) = command(b"cas k 0 0 1 77\r\nx\r\n");
-        assert!(matches!(c, Command::Store { cas: 77, kind: Storage::Cas, .. }));
+        assert!(matches!(
+            c,
+            Command::Store {
+                cas: 77,
+                kind: Storage::Cas,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -675,7 +686,10 @@ mod tests {
         assert_eq!(error(b"incr k x\r\n").0, Error::InvalidDelta);
         assert_eq!(error(b"get\r\n").0, Error::UnknownCommand);
         assert_eq!(error(b"get a\x01b\r\n").0, Error::BadFormat);
-        assert!(matches!(parse(&vec![b'a'; MAX_LINE + 10]), Parsed::LineTooLong));
+        assert!(matches!(
+            parse(&vec![b'a'; MAX_LINE + 10]),
+            Parsed::LineTooLong
+        ));
     }
 
     #[test]
@@ -692,7 +706,11 @@ mod tests {
         let (c, _) = command(b"gat 100 x y\r\n");
         assert!(matches!(
             c,
-            Command::Retrieve { kind: Retrieval::Gat, exptime: 100, keys: b"x y" }
+            Command::Retrieve {
+                kind: Retrieval::Gat,
+                exptime: 100,
+                keys: b"x y"
+            }
         ));
     }
 
@@ -701,12 +719,18 @@ mod tests {
         let (c, len) = command(b"ms key 2 T30 F5 O9 q\r\nhi\r\n");
         assert_eq!(len, 26);
         let Command::Meta {
-            kind, key, flags, data,
+            kind,
+            key,
+            flags,
+            data,
         } = c
         else {
             panic!("{c:?}");
         };
-        assert_eq!((kind, key.bytes(), data), (MetaKind::Set, &b"key"[..], &b"hi"[..]));
+        assert_eq!(
+            (kind, key.bytes(), data),
+            (MetaKind::Set, &b"key"[..], &b"hi"[..])
+        );
         assert_eq!(flags.number::<i64>(b'T').unwrap(), Some(30));
         assert_eq!(flags.token(b'O'), Some(&b"9"[..]));
         assert!(flags.has(b'q') && !flags.has(b'v'));

@@ -145,7 +145,10 @@ mod tests {
         value(&mut out, b"k", 5, b"a\r\nb", Some(9));
         value(&mut out, b"j", 0, b"", None);
         line(&mut out, b"END");
-        assert_eq!(&out[..], b"VALUE k 5 4 9\r\na\r\nb\r\nVALUE j 0 0\r\n\r\nEND\r\n");
+        assert_eq!(
+            &out[..],
+            b"VALUE k 5 4 9\r\na\r\nb\r\nVALUE j 0 0\r\n\r\nEND\r\n"
+        );
     }
 
     #[test]
@@ -164,7 +167,15 @@ mod tests {
             ..ItemInfo::default()
         };
         let mut out = BytesMut::new();
-        meta(&mut out, b"VA", &key, &flags, MG_RETURNS, &item, Some(b"hi"));
+        meta(
+            &mut out,
+            b"VA",
+            &key,
+            &flags,
+            MG_RETURNS,
+            &item,
+            Some(b"hi"),
+        );
         assert_eq!(&out[..], b"VA 2 b t-1 O7 c3 kZm9v f5\r\nhi\r\n");
         out.clear();
         meta(&mut out, b"EN", &key, &flags, FAILURE_RETURNS, &item, None);

@@ -423,13 +423,30 @@ mod tests {
     #[test]
     fn classic_storage_semantics() {
         let mut s = Store::new(4 << 20);
-        assert_eq!(run(&mut s, b"add k 1 0 1\r\na\r\nadd k 1 0 1\r\nb\r\n", 0), "STORED\r\nNOT_STORED\r\n");
-        assert_eq!(run(&mut s, b"replace j 0 0 1\r\nx\r\nappend k 0 0 2\r\nbc\r\nprepend k 0 0 1\r\nz\r\n", 0), "NOT_STORED\r\nSTORED\r\nSTORED\r\n");
-        assert_eq!(run(&mut s, b"get k j\r\n", 0), "VALUE k 1 4\r\nzabc\r\nEND\r\n");
+        assert_eq!(
+            run(&mut s, b"add k 1 0 1\r\na\r\nadd k 1 0 1\r\nb\r\n", 0),
+            "STORED\r\nNOT_STORED\r\n"
+        );
+        assert_eq!(
+            run(
+                &mut s,
+                b"replace j 0 0 1\r\nx\r\nappend k 0 0 2\r\nbc\r\nprepend k 0 0 1\r\nz\r\n",
+                0
+            ),
+            "NOT_STORED\r\nSTORED\r\nSTORED\r\n"
+        );
+        assert_eq!(
+            run(&mut s, b"get k j\r\n", 0),
+            "VALUE k 1 4\r\nzabc\r\nEND\r\n"
+        );
         let gets = run(&mut s, b"gets k\r\n", 0);
         let cas: u64 = gets.split_whitespace().nth(4).unwrap().parse().unwrap();
-        let swap = format!("cas k 2 0 1 {cas}\r\nn\r\ncas k 2 0 1 {cas}\r\no\r\ncas q 0 0 1 1\r\np\r\n");
-        assert_eq!(run(&mut s, swap.as_bytes(), 0), "STORED\r\nEXISTS\r\nNOT_FOUND\r\n");
+        let swap =
+            format!("cas k 2 0 1 {cas}\r\nn\r\ncas k 2 0 1 {cas}\r\no\r\ncas q 0 0 1 1\r\np\r\n");
+        assert_eq!(
+            run(&mut s, swap.as_bytes(), 0),
+            "STORED\r\nEXISTS\r\nNOT_FOUND\r\n"
+        );
         assert_eq!(run(&mut s, b"get k\r\n", 0), "VALUE k 2 1\r\nn\r\nEND\r\n");
     }
 
@@ -447,21 +464,52 @@ mod tests {
     fn expiry_touch_and_gat() {
         let mut s = Store::new(4 << 20);
         run(&mut s, b"set a 0 2 1\r\n1\r\nset b 0 -1 1\r\n2\r\nset c 0 1799999999 1\r\n3\r\nset d 0 1800000005 1\r\n4\r\n", 0);
-        assert_eq!(run(&mut s, b"get a b c d\r\n", 1_000), "VALUE a 0 1\r\n1\r\nVALUE d 0 1\r\n4\r\nEND\r\n");
+        assert_eq!(
+            run(&mut s, b"get a b c d\r\n", 1_000),
+            "VALUE a 0 1\r\n1\r\nVALUE d 0 1\r\n4\r\nEND\r\n"
+        );
         assert_eq!(run(&mut s, b"touch a 10\r\n", 1_000), "TOUCHED\r\n");
-        assert_eq!(run(&mut s, b"get a\r\n", 5_000), "VALUE a 0 1\r\n1\r\nEND\r\n");
-        assert_eq!(run(&mut s, b"gat 0 a\r\nget d\r\n", 6_000), "VALUE a 0 1\r\n1\r\nEND\r\nEND\r\n");
-        assert_eq!(run(&mut s, b"get a\r\n", 100_000), "VALUE a 0 1\r\n1\r\nEND\r\n");
+        assert_eq!(
+            run(&mut s, b"get a\r\n", 5_000),
+            "VALUE a 0 1\r\n1\r\nEND\r\n"
+        );
+        assert_eq!(
+            run(&mut s, b"gat 0 a\r\nget d\r\n", 6_000),
+            "VALUE a 0 1\r\n1\r\nEND\r\nEND\r\n"
+        );
+        assert_eq!(
+            run(&mut s, b"get a\r\n", 100_000),
+            "VALUE a 0 1\r\n1\r\nEND\r\n"
+        );
     }
 
     #[test]
     fn meta_commands() {
         let mut s = Store::new(4 << 20);
         assert_eq!(run(&mut s, b"ms k 2 T0 F5 c\r\nhi\r\n", 0), "HD c1\r\n");
-        assert_eq!(run(&mut s, b"mg k s v f t k O1\r\n", 0), "VA 2 s2 f5 t-1 kk O1\r\nhi\r\n");
-        assert_eq!(run(&mut s, b"mg nope v\r\nmg nope v q\r\nmg k h\r\n", 0), "EN\r\nHD h1\r\n");
-        assert_eq!(run(&mut s, b"ms k 1 C99\r\nx\r\nms k 1 MA\r\n!\r\nmg k v\r\n", 0), "EX\r\nHD\r\nVA 3\r\nhi!\r\n");
-        assert_eq!(run(&mut s, b"ma c N0 J10 v\r\nma c D5 MD v\r\nma zz\r\n", 0), "VA 2\r\n10\r\nVA 1\r\n5\r\nNF\r\n");
-        assert_eq!(run(&mut s, b"md k q\r\nmd k\r\nmg v N30 v c\r\n", 0), "NF\r\nVA 0 c5 W\r\n\r\n");
+        assert_eq!(
+            run(&mut s, b"mg k s v f t k O1\r\n", 0),
+            "VA 2 s2 f5 t-1 kk O1\r\nhi\r\n"
+        );
+        assert_eq!(
+            run(&mut s, b"mg nope v\r\nmg nope v q\r\nmg k h\r\n", 0),
+            "EN\r\nHD h1\r\n"
+        );
+        assert_eq!(
+            run(
+                &mut s,
+                b"ms k 1 C99\r\nx\r\nms k 1 MA\r\n!\r\nmg k v\r\n",
+                0
+            ),
+            "EX\r\nHD\r\nVA 3\r\nhi!\r\n"
+        );
+        assert_eq!(
+            run(&mut s, b"ma c N0 J10 v\r\nma c D5 MD v\r\nma zz\r\n", 0),
+            "VA 2\r\n10\r\nVA 1\r\n5\r\nNF\r\n"
+        );
+        assert_eq!(
+            run(&mut s, b"md k q\r\nmd k\r\nmg v N30 v c\r\n", 0),
+            "NF\r\nVA 0 c5 W\r\n\r\n"
+        );
     }
 }

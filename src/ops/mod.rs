@@ -8,6 +8,7 @@
 pub mod compute;
 pub mod kv;
 pub mod memcache;
+pub mod stats;
 
 use crate::protocol::Reply;
 

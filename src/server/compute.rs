@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::connection::{Completion, ConnShared};
+use super::mailbox::{Completion, ConnShared};
 use super::notify::Notify;
 use super::shard::Shard;
 use crate::ops;
@@ -87,6 +87,7 @@ pub async fn worker(shard: Rc<Shard>) {
                 frame: job.buf,
                 kind: OpKind::Compute,
                 started: job.started,
+                seq: 0,
             },
         );
     }

@@ -4,12 +4,17 @@
 //! any thread starts), builds the cross-core mesh, starts one pinned executor per CPU and waits
 //! until all are serving. [`Server::wait`] joins them after shutdown and merges their reports.
 //!
-//! Inside a core, a request travels: [`connection`] (read, split frames, write replies) →
-//! [`router`] (here, the owner core via [`peer`], or the [`compute`] queue) →
-//! [`crate::ops`] (what the operation does) → [`crate::store`].
+//! Inside a core, a request travels: [`connection`] (read, write replies, push back) → its
+//! [`codec`] (native FlatBuffers or memcached text: split the request, run it here or send it
+//! through [`router`] to the owner core, where [`peer`] runs it, or to the [`compute`] queue)
+//! → [`crate::ops`] (what the operation does) → [`crate::store`]. Replies made elsewhere come
+//! back through the connection's [`mailbox`]; [`message`] is what travels between cores.
 
+pub mod codec;
 pub mod compute;
 pub mod connection;
+pub mod mailbox;
+pub mod message;
 mod notify;
 pub mod peer;
 mod pool;
@@ -25,6 +30,7 @@ use anyhow::{anyhow, Context};
 use crate::config::Config;
 use crate::metrics::{ExitReport, ShardReport};
 use crate::runtime::{self, Executor};
+use codec::Protocol;
 use shard::{Global, ShardSetup, MESH_CAPACITY};
 
 /// A running server.
@@ -35,6 +41,8 @@ pub struct Server {
     pub cpus: Vec<usize>,
     /// Each shard's own port, with `--shard-ports`.
     pub shard_ports: Vec<u16>,
+    /// The address every core serves memcached's protocol on, with `--memcached-listen`.
+    pub memcached_addr: Option<SocketAddr>,
     global: Arc<Global>,
     executors: Vec<Executor<ShardReport>>,
 }
@@ -46,6 +54,15 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let mut groups = runtime::net::reuseport_group(config.listen, shards, backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = runtime::net::local_addr(&groups[0])?;
+    let (mut memcached_groups, memcached_addr) = match config.memcached_listen {
+        Some(listen) => {
+            let group = runtime::net::reuseport_group(listen, shards, backlog)
+                .with_context(|| format!("cannot listen on {listen} (--memcached-listen)"))?;
+            let addr = runtime::net::local_addr(&group[0])?;
+            (group, Some(addr))
+        }
+        None => (Vec::new(), None),
+    };
 
     let mut shard_ports = Vec::new();
     let mut own_listeners = Vec::new();
@@ -68,9 +85,12 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let mut executors = Vec::with_capacity(shards);
     let mut ready = Vec::with_capacity(shards);
     for (index, &cpu) in config.cpus.iter().enumerate() {
-        let mut listeners = vec![groups.remove(0)];
+        let mut listeners = vec![(groups.remove(0), Protocol::Native)];
         if let Some(own) = own_listeners.get_mut(index).and_then(Option::take) {
-            listeners.push(own);
+            listeners.push((own, Protocol::Native));
+        }
+        if !memcached_groups.is_empty() {
+            listeners.push((memcached_groups.remove(0), Protocol::Memcache));
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let setup = ShardSetup {
@@ -105,6 +125,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         addr,
         cpus: config.cpus.clone(),
         shard_ports,
+        memcached_addr,
         global,
         executors,
     })

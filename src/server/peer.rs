@@ -1,9 +1,10 @@
 //! Requests between cores: what travels over the mesh, and the two tasks per peer that serve it.
 //!
 //! A Get, Set or Delete whose key another core owns is packed into a pooled buffer (key, then
-//! value) and sent to the owner as a [`Forwarded`]. The owner runs it against its store, encodes
-//! the reply frame into the same buffer and sends it back; the origin appends that frame to the
-//! connection's output. `Stats` asks every peer for its counters the same way.
+//! value) and sent to the owner as a [`Forwarded`](super::message::Forwarded); a memcached
+//! command travels as its text. The owner runs it against its store, encodes the reply into a
+//! pooled buffer and sends it back; the origin hands it to the connection's mailbox. [`gather`]
+//! asks every core at once (Stats, `flush_all`).
 //!
 //! A reply can be far larger than its request, so the owner also bounds the bytes of its replies
 //! that the origin has not taken yet ([`REPLY_BACKLOG`]); past it, it stops answering that
@@ -11,15 +12,17 @@
 //! whatever its clients do, so this holds back a burst, never a slow client.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::connection::{Completion, ConnShared};
+use super::mailbox::Completion;
+use super::message::{Gather, PeerReply, PeerRequest, Pending};
 use super::shard::{Shard, ShardLink};
-use crate::error::RequestError;
+use crate::memcache::command::{self, Parsed};
 use crate::ops;
-use crate::protocol::{Op, OpKind, ShardStats};
+use crate::ops::memcache::Now;
+use crate::protocol::ShardStats;
 
 /// Bytes of replies one core may have on their way to a peer, not yet taken by it. Without it,
 /// tests/hostile.rs's bursts of forwarded Gets of 512 KiB values raised a 2-core server's peak
@@ -27,91 +30,6 @@ use crate::protocol::{Op, OpKind, ShardStats};
 pub const REPLY_BACKLOG: usize = 8 << 20;
 /// How often an owner held back by [`REPLY_BACKLOG`] looks again.
 const BACKLOG_RECHECK: Duration = Duration::from_micros(100);
-
-/// A key-value request on its way to the core that owns the key.
-pub struct Forwarded {
-    /// Index into the origin's table of pending forwards.
-    pub ticket: u32,
-    pub id: u64,
-    pub kind: OpKind,
-    pub hash: u64,
-    pub key_len: u32,
-    pub ttl_ms: u32,
-    /// The key followed by the value (Set only); on the way back, the reply frame.
-    pub buf: BytesMut,
-}
-
-impl Forwarded {
-    /// Packs a key-value `op` (Get, Set or Delete) into `buf`.
-    pub fn new(ticket: u32, id: u64, hash: u64, op: &Op<'_>, mut buf: BytesMut) -> Self {
-        let (key, value, ttl_ms) = match *op {
-            Op::Set { key, value, ttl_ms } => (key, value, ttl_ms),
-            _ => (op.key().unwrap_or_default(), &[][..], 0),
-        };
-        buf.clear();
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(value);
-        Forwarded {
-            ticket,
-            id,
-            kind: op.kind(),
-            hash,
-            key_len: key.len() as u32,
-            ttl_ms,
-            buf,
-        }
-    }
-
-    /// The operation, borrowing the packed key and value.
-    pub fn op(&self) -> Op<'_> {
-        let (key, value) = self.buf.split_at(self.key_len as usize);
-        match self.kind {
-            OpKind::Get => Op::Get { key },
-            OpKind::Set => Op::Set {
-                key,
-                value,
-                ttl_ms: self.ttl_ms,
-            },
-            _ => Op::Delete { key },
-        }
-    }
-}
-
-/// A message from one core to another.
-pub enum PeerRequest {
-    Kv(Forwarded),
-    Stats { ticket: u32 },
-}
-
-/// The answer to a [`PeerRequest`].
-pub enum PeerReply {
-    /// The encoded reply frame, in the buffer the request came in.
-    Kv {
-        ticket: u32,
-        frame: BytesMut,
-    },
-    Stats {
-        ticket: u32,
-        stats: ShardStats,
-    },
-}
-
-/// What the origin remembers about a request it sent to a peer.
-pub enum Pending {
-    Kv {
-        conn: Rc<ConnShared>,
-        kind: OpKind,
-        started: Instant,
-    },
-    Stats(Rc<StatsGather>),
-}
-
-/// Collects every core's counters for one `Stats` request.
-pub struct StatsGather {
-    pub per_shard: std::cell::RefCell<Vec<ShardStats>>,
-    pub remaining: std::cell::Cell<usize>,
-    pub done: super::notify::Notify,
-}
 
 /// Serves the requests `link`'s peer sends to this core, until the peer closes its side.
 /// Never waits on a send (see [`crate::runtime::mesh`]), so it cannot deadlock; it waits only
@@ -136,14 +54,25 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
                     frame: fwd.buf,
                 }
             }
+            PeerRequest::Memcache { ticket, hash, buf } => {
+                let mut frame = shard.pool.take();
+                run_memcache(&shard, hash, &buf, &mut frame);
+                shard.pool.give(buf);
+                PeerReply::Kv { ticket, frame }
+            }
             PeerRequest::Stats { ticket } => PeerReply::Stats {
                 ticket,
                 stats: shard.shard_stats(),
             },
+            PeerRequest::Flush { ticket, delay_ms } => {
+                let now_ms = shard.now_ms();
+                shard.store.borrow_mut().flush(now_ms, delay_ms);
+                PeerReply::Flushed { ticket }
+            }
         };
         let bytes = match &reply {
             PeerReply::Kv { frame, .. } => frame.len(),
-            PeerReply::Stats { .. } => 0,
+            PeerReply::Stats { .. } | PeerReply::Flushed { .. } => 0,
         };
         if link.send_reply(reply, bytes).is_err() {
             // The peer has shut down; nobody is waiting for this reply.
@@ -152,62 +81,95 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
     }
 }
 
+/// Runs a forwarded memcached command (checked by the origin's parser already) and writes its
+/// reply into `out`.
+fn run_memcache(shard: &Shard, hash: u64, text: &[u8], out: &mut BytesMut) {
+    let now = Now {
+        ms: shard.now_ms(),
+        unix: crate::memcache::unix_now(),
+    };
+    match command::parse(text) {
+        Parsed::Command { command, .. } => {
+            let mut store = shard.store.borrow_mut();
+            ops::memcache::execute(&mut store, hash, &command, now, out);
+        }
+        _ => crate::memcache::reply::line(out, crate::memcache::Error::Internal.reply()),
+    }
+}
+
 /// Receives the replies to this core's requests from `link`'s peer and hands each to the
-/// connection (or Stats request) waiting for it, until the peer closes its side.
+/// connection (or gather) waiting for it, until the peer closes its side.
 pub async fn receive_replies(shard: Rc<Shard>, link: Rc<ShardLink>) {
     while let Some(reply) = link.recv_reply().await {
-        match reply {
+        let (ticket, stats) = match reply {
             PeerReply::Kv { ticket, frame } => {
                 match shard.pending.borrow_mut().try_remove(ticket as usize) {
                     Some(Pending::Kv {
                         conn,
                         kind,
                         started,
+                        seq,
                     }) => conn.complete(
                         &shard,
                         Completion {
                             frame,
                             kind,
                             started,
+                            seq,
                         },
                     ),
                     _ => shard.pool.give(frame),
                 }
+                continue;
             }
-            PeerReply::Stats { ticket, stats } => {
-                if let Some(Pending::Stats(gather)) =
-                    shard.pending.borrow_mut().try_remove(ticket as usize)
-                {
-                    gather.per_shard.borrow_mut().push(stats);
-                    gather.remaining.set(gather.remaining.get() - 1);
-                    if gather.remaining.get() == 0 {
-                        gather.done.notify();
-                    }
-                }
-            }
+            PeerReply::Stats { ticket, stats } => (ticket, Some(stats)),
+            PeerReply::Flushed { ticket } => (ticket, None),
+        };
+        if let Some(Pending::Gather(gather)) =
+            shard.pending.borrow_mut().try_remove(ticket as usize)
+        {
+            gather.answered(stats);
         }
     }
 }
 
-/// Answers a `Stats` request: asks every peer for its counters, then completes the request on
-/// `conn` with all of them, in shard order.
-pub async fn gather_stats(shard: Rc<Shard>, conn: Rc<ConnShared>, id: u64, started: Instant) {
+/// What a gather asks of every core.
+#[derive(Debug, Clone, Copy)]
+pub enum Broadcast {
+    Stats,
+    Flush { delay_ms: u64 },
+}
+
+/// Asks every core, this one included, for `what`. Returns every core's counters in shard
+/// order (for a flush, once every core has applied it), or `None` when a core could not be
+/// asked (it is shutting down).
+pub async fn gather(shard: &Rc<Shard>, what: Broadcast) -> Option<Vec<ShardStats>> {
     let peers = shard.mesh.links().count();
-    let gather = Rc::new(StatsGather {
-        per_shard: std::cell::RefCell::new(vec![shard.shard_stats()]),
-        // Counted up front: a reply may arrive while this task waits for the next permit.
-        remaining: std::cell::Cell::new(peers),
-        done: Default::default(),
-    });
+    let gather = Rc::new(Gather::default());
+    // Counted up front: a reply may arrive while this task waits for the next permit.
+    gather.remaining.set(peers);
+    match what {
+        Broadcast::Stats => gather.per_shard.borrow_mut().push(shard.shard_stats()),
+        Broadcast::Flush { delay_ms } => {
+            let now_ms = shard.now_ms();
+            shard.store.borrow_mut().flush(now_ms, delay_ms);
+        }
+    }
+    let mut complete = true;
     for (_, link) in shard.mesh.links() {
         link.reserve().await;
         let ticket = shard
             .pending
             .borrow_mut()
-            .insert(Pending::Stats(gather.clone())) as u32;
-        if link.send_request(PeerRequest::Stats { ticket }).is_err() {
+            .insert(Pending::Gather(gather.clone())) as u32;
+        let request = match what {
+            Broadcast::Stats => PeerRequest::Stats { ticket },
+            Broadcast::Flush { delay_ms } => PeerRequest::Flush { ticket, delay_ms },
+        };
+        if link.send_request(request).is_err() {
             shard.pending.borrow_mut().try_remove(ticket as usize);
-            gather.remaining.set(gather.remaining.get() - 1);
+            gather.answered(None);
+            complete = false;
         }
     }
     if gather.remaining.get() > 0 {
@@ -215,21 +177,9 @@ pub async fn gather_stats(shard: Rc<Shard>, conn: Rc<ConnShared>, id: u64, start
     }
     let mut per_shard = gather.per_shard.take();
     per_shard.sort_by_key(|s| s.shard);
-    let mut frame = shard.pool.take();
-    let reply = if per_shard.len() == shard.count {
-        Ok(crate::protocol::Reply::Stats {
-            per_shard: &per_shard,
-        })
-    } else {
-        Err(RequestError::ShuttingDown)
+    let expected = match what {
+        Broadcast::Stats => shard.count,
+        Broadcast::Flush { .. } => 0,
     };
-    shard.encoder.borrow_mut().encode(id, reply, &mut frame);
-    conn.complete(
-        &shard,
-        Completion {
-            frame,
-            kind: OpKind::Stats,
-            started,
-        },
-    );
+    (complete && per_shard.len() == expected).then_some(per_shard)
 }

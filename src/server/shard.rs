@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use socket2::Socket;
 
+use super::codec::Protocol;
 use super::compute::{self, ComputeQueue};
-use super::connection::{self, CloseReason, ConnShared};
+use super::connection;
+use super::mailbox::{CloseReason, ConnShared};
+use super::message::{PeerReply, PeerRequest, Pending};
 use super::notify::Latch;
-use super::peer::{self, PeerReply, PeerRequest, Pending};
+use super::peer;
 use super::pool::BufferPool;
 use crate::config::Config;
 use crate::metrics::{Metrics, ShardReport};
@@ -115,6 +118,16 @@ impl Shard {
         instant.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
+    /// What memcached's `stats` says about the server beside the counters.
+    pub fn server_info(&self) -> crate::ops::stats::ServerInfo {
+        crate::ops::stats::ServerInfo {
+            uptime_s: self.epoch.elapsed().as_secs(),
+            threads: self.count,
+            limit_maxbytes: self.config.memory as u64,
+            max_connections: self.config.max_connections,
+        }
+    }
+
     pub fn shard_stats(&self) -> ShardStats {
         let store = self.store.borrow().stats();
         let mut stats = self.metrics.borrow().shard_stats(&store);
@@ -157,7 +170,8 @@ pub struct ShardSetup {
     pub cpu: usize,
     pub config: Config,
     pub global: Arc<Global>,
-    pub listeners: Vec<Socket>,
+    /// Each listener and the protocol it serves.
+    pub listeners: Vec<(Socket, Protocol)>,
     pub shard_ports: Vec<u16>,
     pub mesh: ShardMeshEnds,
     /// Told once this core is connected to its peers and accepting.
@@ -199,8 +213,12 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         config,
     });
 
-    for socket in setup.listeners {
-        runtime::spawn(accept_loop(shard.clone(), Listener::adopt(socket)));
+    for (socket, protocol) in setup.listeners {
+        runtime::spawn(accept_loop(
+            shard.clone(),
+            Listener::adopt(socket),
+            protocol,
+        ));
     }
     let mut peer_tasks = Vec::new();
     for (_, link) in shard.mesh.links() {
@@ -276,8 +294,9 @@ async fn tick_until_shutdown(shard: &Shard) {
     }
 }
 
-/// Accepts connections until the shard drains, each served by its own task.
-async fn accept_loop(shard: Rc<Shard>, listener: Listener) {
+/// Accepts connections speaking `protocol` until the shard drains, each served by its own
+/// task.
+async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.draining.wait().await;
@@ -307,11 +326,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: Listener) {
             m.connections_accepted += 1;
             m.connections_open += 1;
         }
-        let shared = Rc::new(ConnShared::new(Instant::now()));
+        let ordered = protocol == Protocol::Memcache;
+        let shared = Rc::new(ConnShared::new(Instant::now(), ordered));
         let key = shard.connections.borrow_mut().insert(shared.clone());
         let shard = shard.clone();
         runtime::spawn(async move {
-            connection::serve(&shard, conn, &shared).await;
+            connection::serve(&shard, conn, &shared, protocol).await;
             shard.connections.borrow_mut().remove(key);
             shard.global.close();
             shard.metrics.borrow_mut().connections_open -= 1;

@@ -554,7 +554,13 @@ mod tests {
         let mut a = Arena::new(4 * PAGE_SIZE, LARGEST);
         for i in 0..10u64 {
             let (loc, _) = a.allocate(0, 0, &mut |_, _| {}).unwrap();
-            a.write(loc, &meta(i, if i % 2 == 0 { 5 } else { 0 }), &[i as u8], b"v", b"");
+            a.write(
+                loc,
+                &meta(i, if i % 2 == 0 { 5 } else { 0 }),
+                &[i as u8],
+                b"v",
+                b"",
+            );
         }
         let mut expired = 0;
         let mut cursor = (0, 0);

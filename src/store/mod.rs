@@ -118,7 +118,9 @@ impl<'a> Write<'a> {
 /// What became of a write, in memcached's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
-    Stored { cas: u64 },
+    Stored {
+        cas: u64,
+    },
     /// The mode's condition failed (add of a live key, replace of a missing one).
     NotStored,
     /// The CAS unique did not match.
@@ -138,7 +140,10 @@ pub enum Deleted {
 /// The result of `incr`/`decr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
-    Value { value: u64, cas: u64 },
+    Value {
+        value: u64,
+        cas: u64,
+    },
     NotFound,
     /// The value is not a decimal number of at most 20 digits.
     NotNumeric,
@@ -194,7 +199,8 @@ pub struct Found<'a> {
 impl Found<'_> {
     /// The native protocol's `ttl_ms`: what remains, at most `u32::MAX`; 0 = none.
     pub fn ttl_ms_u32(&self) -> u32 {
-        self.ttl_ms.map_or(0, |t| t.clamp(1, u32::MAX as u64) as u32)
+        self.ttl_ms
+            .map_or(0, |t| t.clamp(1, u32::MAX as u64) as u32)
     }
 }
 
@@ -505,8 +511,7 @@ impl Store {
             return true;
         }
         let kept = self.arena.header(loc).expires_at_ms;
-        self.arena
-            .set_expiry(loc, Self::expiry(now_ms, ttl, kept));
+        self.arena.set_expiry(loc, Self::expiry(now_ms, ttl, kept));
         self.arena.touch(loc, seconds(now_ms));
         true
     }
@@ -537,7 +542,15 @@ impl Store {
         } else {
             n.saturating_sub(a.delta)
         };
-        self.store_number(hash, key, value, a.ttl, header.client_flags, a.new_cas, now_ms)
+        self.store_number(
+            hash,
+            key,
+            value,
+            a.ttl,
+            header.client_flags,
+            a.new_cas,
+            now_ms,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

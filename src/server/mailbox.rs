@@ -1,0 +1,139 @@
+//! A connection's mailbox: the part of a connection that other tasks on the core reach. Replies
+//! finished away from the connection's task (on the key's owner core, in the compute queue, in
+//! a gather over every core) arrive here as [`Completion`]s; the timeout sweep reads its clocks
+//! and closes it with a [`CloseReason`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::notify::Notify;
+use super::shard::Shard;
+use crate::protocol::OpKind;
+
+/// Bytes a connection may owe its client: its unwritten output plus the replies finished
+/// elsewhere that wait for it. Reading stops at the output's soft cap, but requests already
+/// sent to other cores still come back, up to `--max-inflight` of them, each up to a maximal
+/// value: a client that never reads could make the server hold a gigabyte. Past this it is
+/// closed as a slow reader. (On the way back, such replies are bounded by
+/// [`super::peer::REPLY_BACKLOG`].)
+pub const OWED_HARD_CAP: usize = 64 << 20;
+
+/// A reply produced away from the connection's task.
+pub struct Completion {
+    /// The encoded reply (one whole response frame, or memcached text), in a pooled buffer.
+    pub frame: BytesMut,
+    pub kind: OpKind,
+    pub started: Instant,
+    /// Its place among the connection's replies, where the protocol answers in order.
+    pub seq: u64,
+}
+
+/// Why something outside the connection's task told it to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    IdleTimeout,
+    FrameTimeout,
+    DrainTimeout,
+    /// The client let more than [`OWED_HARD_CAP`] of replies pile up unread.
+    SlowReader,
+}
+
+/// The part of a connection that other tasks on the core reach: the replies finished away from
+/// it, its timestamps for the timeout sweep, and the means to wake or close it.
+pub struct ConnShared {
+    pub(super) wake: Notify,
+    /// Reply bytes finished elsewhere, copied in as they arrive so that the pooled buffer they
+    /// came in goes straight back to its pool (the pool then never needs more buffers than can
+    /// be away at once).
+    pub(super) replies: RefCell<BytesMut>,
+    /// For a connection whose replies go in order: each arrival's place and length in
+    /// `replies`, oldest first.
+    pub(super) arrivals: RefCell<VecDeque<(u64, u32)>>,
+    ordered: bool,
+    /// How many replies `replies` holds.
+    pub(super) completed: Cell<usize>,
+    /// Bytes in the connection's output not yet written: with `replies`, what the client is
+    /// owed, which [`OWED_HARD_CAP`] bounds.
+    pub(super) unwritten: Cell<usize>,
+    pub(super) last_active: Cell<Instant>,
+    /// When the partial request now in the buffer started arriving.
+    pub(super) frame_started: Cell<Option<Instant>>,
+    pub(super) close: Cell<Option<CloseReason>>,
+    /// The connection's task has ended; replies that still come back have nowhere to go.
+    pub(super) ended: Cell<bool>,
+}
+
+impl ConnShared {
+    /// The mailbox of a connection accepted at `now`; `ordered` when its protocol answers in
+    /// request order (memcached).
+    pub fn new(now: Instant, ordered: bool) -> ConnShared {
+        ConnShared {
+            wake: Notify::default(),
+            replies: RefCell::new(BytesMut::new()),
+            arrivals: RefCell::new(VecDeque::new()),
+            ordered,
+            completed: Cell::new(0),
+            unwritten: Cell::new(0),
+            last_active: Cell::new(now),
+            frame_started: Cell::new(None),
+            close: Cell::new(None),
+            ended: Cell::new(false),
+        }
+    }
+
+    /// Hands a finished reply to the connection. Work finishing counts as activity for
+    /// `--idle-timeout`: a connection waiting on its own requests is not idle.
+    pub fn complete(&self, shard: &Shard, completion: Completion) {
+        if self.ended.get() {
+            // Counted as unanswered when the task ended. Copying it into `replies` would take
+            // a pooled buffer that nobody gives back (tests/hostile.rs, vanishing clients).
+            shard.pool.give(completion.frame);
+            return;
+        }
+        let mut replies = self.replies.borrow_mut();
+        if self.unwritten.get() + replies.len() + completion.frame.len() > OWED_HARD_CAP {
+            drop(replies);
+            // Dropped with the connection. Not counted as completed: the request stays in
+            // flight, which is how the close counts it as unanswered.
+            shard.pool.give(completion.frame);
+            self.close(CloseReason::SlowReader);
+            return;
+        }
+        let now = Instant::now();
+        self.last_active.set(now);
+        shard.io_buffers.fill(&mut replies);
+        replies.extend_from_slice(&completion.frame);
+        if self.ordered {
+            let len = completion.frame.len() as u32;
+            self.arrivals.borrow_mut().push_back((completion.seq, len));
+        }
+        shard.pool.give(completion.frame);
+        let elapsed = now.saturating_duration_since(completion.started);
+        shard.metrics.borrow_mut().record(completion.kind, elapsed);
+        self.completed.set(self.completed.get() + 1);
+        self.wake.notify();
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify();
+    }
+
+    pub fn close(&self, reason: CloseReason) {
+        self.close.set(Some(reason));
+        self.wake.notify();
+    }
+
+    /// The timeout this connection has run over at `now`, if any.
+    pub fn overdue(&self, now: Instant, idle: Duration, frame: Duration) -> Option<CloseReason> {
+        if let Some(started) = self.frame_started.get() {
+            if now.saturating_duration_since(started) > frame {
+                return Some(CloseReason::FrameTimeout);
+            }
+        }
+        (now.saturating_duration_since(self.last_active.get()) > idle)
+            .then_some(CloseReason::IdleTimeout)
+    }
+}
