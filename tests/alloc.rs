@@ -222,6 +222,7 @@ fn steady_state_requests_do_not_allocate() {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         cores: Some(CoreSpec::Count(cores)),
         shard_ports: Some(base),
+        memcached_listen: Some("127.0.0.1:0".parse().unwrap()),
         idle_poll: Some(idle_poll.parse().expect("ALLOC_IDLE_POLL is a duration")),
         ..Options::default()
     };
@@ -285,9 +286,137 @@ fn steady_state_requests_do_not_allocate() {
             }
         }
     });
+    // memcached's protocol: connections land on either core, so keys of both shards are
+    // local on one and forwarded on the other.
+    let memcached = server.memcached_addr.expect("memcached listener");
+    let mixed: Vec<Vec<u8>> = owned
+        .iter()
+        .flat_map(|keys| keys.iter().take(128).cloned())
+        .collect();
+    for window in [SHALLOW_WINDOW, WINDOW] {
+        println!("memcached protocol, {CONNECTIONS} connections x {window} commands outstanding:");
+        for scenario in [
+            TextScenario::Set,
+            TextScenario::Get,
+            TextScenario::MultiGet16,
+        ] {
+            drive_text(memcached, TextScenario::Set, &mixed, WARMUP, window);
+            drive_text(memcached, scenario, &mixed, WARMUP, window);
+            let (a0, b0) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+            let keys_done = drive_text(memcached, scenario, &mixed, MEASURED, window);
+            let (a1, b1) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+            let per_key = (a1 - a0) as f64 / keys_done as f64;
+            let bytes = (b1 - b0) as f64 / keys_done as f64;
+            let name = format!("memcached {scenario:?}");
+            println!(
+                "  {name:<26} {keys_done:>7} keys     {:>6} allocations {per_key:>8.5} per key     {bytes:>8.2} bytes per key",
+                a1 - a0
+            );
+            if window == WINDOW {
+                deep.push((name, per_key));
+            }
+        }
+    }
     server.shutdown();
     server.wait().expect("clean exit");
     for (name, per_req) in &deep {
         assert!(*per_req < 0.01, "{name}: {per_req} allocations per request");
     }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TextScenario {
+    Set,
+    Get,
+    /// One `get` of 16 keys, of both shards.
+    MultiGet16,
+}
+
+/// Sends memcached commands of `scenario` over `CONNECTIONS` connections, each on its own
+/// thread (not counted) with up to `window` commands outstanding, and checks every reply byte
+/// for byte. Returns the number of keys the commands addressed.
+fn drive_text(
+    addr: SocketAddr,
+    scenario: TextScenario,
+    keys: &[Vec<u8>],
+    total: usize,
+    window: usize,
+) -> usize {
+    use std::io::{Read, Write};
+    let value = [b'v'; 100];
+    let per_command = match scenario {
+        TextScenario::MultiGet16 => 16,
+        _ => 1,
+    };
+    let commands = total / CONNECTIONS / per_command;
+    let threads: Vec<_> = (0..CONNECTIONS)
+        .map(|n| {
+            let keys = keys.to_vec();
+            std::thread::spawn(move || {
+                NOT_COUNTED.with(|c| c.set(true));
+                let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                stream.set_nodelay(true).expect("nodelay");
+                let (mut request, mut expected) = (Vec::new(), Vec::new());
+                let mut k = n;
+                let mut next_key = || {
+                    k = (k + CONNECTIONS) % keys.len();
+                    keys[k].clone()
+                };
+                for _ in 0..commands {
+                    match scenario {
+                        TextScenario::Set => {
+                            let key = next_key();
+                            request.extend_from_slice(b"set ");
+                            request.extend_from_slice(&key);
+                            request.extend_from_slice(b" 0 0 100\r\n");
+                            request.extend_from_slice(&value);
+                            request.extend_from_slice(b"\r\n");
+                            expected.extend_from_slice(b"STORED\r\n");
+                        }
+                        TextScenario::Get | TextScenario::MultiGet16 => {
+                            request.extend_from_slice(b"get");
+                            for _ in 0..per_command {
+                                let key = next_key();
+                                request.extend_from_slice(b" ");
+                                request.extend_from_slice(&key);
+                                expected.extend_from_slice(b"VALUE ");
+                                expected.extend_from_slice(&key);
+                                expected.extend_from_slice(b" 0 100\r\n");
+                                expected.extend_from_slice(&value);
+                                expected.extend_from_slice(b"\r\n");
+                            }
+                            request.extend_from_slice(b"\r\n");
+                            expected.extend_from_slice(b"END\r\n");
+                        }
+                    }
+                }
+                // Write in slices of about `window` commands, reading what came back between
+                // them, so that about a window is outstanding.
+                let step = request.len() / commands.max(1) * window;
+                let mut got = Vec::with_capacity(expected.len());
+                let mut buf = vec![0u8; 1 << 16];
+                let mut written = 0;
+                while got.len() < expected.len() {
+                    if written < request.len()
+                        && got.len() * request.len()
+                            >= written.saturating_sub(step) * expected.len()
+                    {
+                        let end = (written + step).min(request.len());
+                        stream.write_all(&request[written..end]).expect("write");
+                        written = end;
+                        continue;
+                    }
+                    let n = stream.read(&mut buf).expect("read");
+                    assert!(n > 0, "server closed the connection");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert!(
+                    got == expected,
+                    "{scenario:?}: replies differ from what was set"
+                );
+                commands * per_command
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().expect("driver")).sum()
 }

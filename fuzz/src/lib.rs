@@ -680,7 +680,7 @@ fn check_get(
     // Compare while the value is borrowed from the store; keep only the verdict.
     let found = store.get(hash, key, now).map(|f| {
         let same = modeled.is_some_and(|m| value_matches(f.value, m.len, m.word));
-        (same, f.value.len(), f.ttl_ms)
+        (same, f.value.len(), f.ttl_ms_u32())
     });
     let evictions = store.stats().evictions;
     let Some(m) = modeled else {

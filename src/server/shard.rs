@@ -123,7 +123,7 @@ impl Shard {
         crate::ops::stats::ServerInfo {
             uptime_s: self.epoch.elapsed().as_secs(),
             threads: self.count,
-            limit_maxbytes: self.config.memory as u64,
+            limit_maxbytes: self.config.memory,
             max_connections: self.config.max_connections,
         }
     }

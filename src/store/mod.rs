@@ -467,7 +467,7 @@ impl Store {
         // A value in two parts at most: append and prepend put the old value in the middle
         // and leave one end empty.
         let (first, second) = match parts {
-            [p, mid, s] if p.is_empty() => (mid, s),
+            [[], mid, s] => (mid, s),
             [p, mid, _] => (p, mid),
         };
         self.arena.write(loc, &meta, w.key, first, second);

@@ -44,6 +44,8 @@ pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// The memcached listener's address, with `--memcached-listen`.
+    pub memcached: Option<SocketAddr>,
     stdout: Receiver<String>,
 }
 
@@ -92,15 +94,20 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line: {first}"));
         let shard_ports = match first.split_once("shard ports ") {
             Some((_, range)) => {
+                let range = range.split(',').next().unwrap_or(range);
                 let (a, b) = range.split_once("..=").expect("a port range");
                 (a.parse().unwrap()..=b.parse().unwrap()).collect()
             }
             None => Vec::new(),
         };
+        let memcached = first
+            .split_once("memcached on ")
+            .map(|(_, addr)| addr.trim().parse().expect("a memcached address"));
         Server {
             child: Some(child),
             addr,
             shard_ports,
+            memcached,
             stdout: rx,
         }
     }

@@ -314,11 +314,11 @@ class RawConnection:
 
     def expect(self, expected: bytes, context: str = "") -> None:
         """The next bytes on the wire are exactly `expected`."""
-        got = b""
+        where = f"{context}: " if context else ""
         try:
             got = self.read_exact(len(expected))
         except AssertionError as e:
-            raise AssertionError(f"{context}: expected {expected[:300]!r}; {e}") from None
+            raise AssertionError(f"{where}expected {expected[:300]!r}; {e}") from None
         if got != expected:
             # Show a little more of what came, for the message.
             try:
@@ -327,7 +327,7 @@ class RawConnection:
             except AssertionError:
                 pass
             raise AssertionError(
-                f"{context}: expected {expected[:300]!r}, got {(got + self.buf)[:300]!r}"
+                f"{where}expected {expected[:300]!r}, got {(got + self.buf)[:300]!r}"
             )
 
     def request(self, data: bytes, expected: bytes, context: str = "") -> None:

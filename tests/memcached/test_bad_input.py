@@ -62,9 +62,11 @@ def test_bad_data_chunk(raw, key):
     raw.sync()
 
 
-def test_bad_data_chunk_noreply_still_answers(raw, key):
-    raw.request(b"set " + key.b() + b" 0 0 2 noreply\r\nabcd", b"CLIENT_ERROR bad data chunk\r\n")
+def test_bad_data_chunk_noreply_is_silent(raw, key):
+    # memcached 1.6.18 keeps noreply even for this error (only a meta set always reports it).
+    raw.send(b"set " + key.b() + b" 0 0 2 noreply\r\nabcd")
     raw.sync()
+    raw.request(b"get " + key.b() + b"\r\n", b"END\r\n", "nothing was stored")
 
 
 def test_value_over_the_item_limit_is_swallowed(server, raw, key):
