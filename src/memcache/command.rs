@@ -260,8 +260,13 @@ pub enum Parsed<'a> {
     /// when `total` is just one more than what is there).
     Incomplete { total: usize },
     /// Not a valid command: answer `error`, then skip `skip` bytes (possibly more than the
-    /// input holds yet; they are discarded as they arrive).
-    Invalid { error: Error, skip: usize },
+    /// input holds yet; they are discarded as they arrive). A refused write of `unlink`
+    /// removes that key's old item, as memcached does.
+    Invalid {
+        error: Error,
+        skip: usize,
+        unlink: Option<&'a [u8]>,
+    },
     /// A line longer than [`MAX_LINE`]: answer and close, the stream cannot be followed.
     LineTooLong,
 }
@@ -297,6 +302,7 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
     let invalid = |error| Parsed::Invalid {
         error,
         skip: line_len,
+        unlink: None,
     };
     let mut w = words(line);
     let Some(name) = w.next() else {
@@ -357,7 +363,7 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
         }
         b"incr" | b"decr" => {
             let (Some(key), Some(delta)) = (w.next(), w.next()) else {
-                return invalid(Error::BadFormat);
+                return invalid(Error::UnknownCommand);
             };
             let noreply = match w.next() {
                 None => false,
@@ -379,7 +385,7 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
         }
         b"touch" => {
             let (Some(key), Some(exptime)) = (w.next(), w.next()) else {
-                return invalid(Error::BadFormat);
+                return invalid(Error::UnknownCommand);
             };
             let noreply = w.next() == Some(b"noreply");
             if !valid_key(key) {
@@ -403,7 +409,7 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
                 } else {
                     match number::<i64>(word) {
                         Some(d) => delay = d,
-                        None => return invalid(Error::BadFormat),
+                        None => return invalid(Error::InvalidExptime),
                     }
                 }
             }
@@ -412,17 +418,24 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
         b"stats" => Command::Stats {
             group: rest.trim_ascii(),
         },
-        b"version" => Command::Version,
-        b"verbosity" => {
-            if w.next().is_none() {
-                return invalid(Error::UnknownCommand);
-            }
-            Command::Verbosity {
-                noreply: w.next() == Some(b"noreply"),
-            }
+        // memcached answers extra words after these with ERROR.
+        b"version" | b"quit" | b"mn" if w.next().is_some() => {
+            return invalid(Error::UnknownCommand)
         }
+        b"version" => Command::Version,
         b"quit" => Command::Quit,
         b"mn" => Command::MetaNoop,
+        b"verbosity" => {
+            // `verbosity <level> [noreply]`; memcached also takes a bare `verbosity noreply`.
+            let (Some(first), second, None) = (w.next(), w.next(), w.next()) else {
+                return invalid(Error::UnknownCommand);
+            };
+            let noreply = second.unwrap_or(first) == b"noreply";
+            if second.is_some() && !noreply {
+                return invalid(Error::UnknownCommand);
+            }
+            Command::Verbosity { noreply }
+        }
         b"mg" | b"ms" | b"md" | b"ma" | b"me" => {
             let kind = match name {
                 b"mg" => MetaKind::Get,
@@ -453,6 +466,7 @@ fn retrieval(kind: Retrieval, exptime: i64, keys: &[u8], line_len: usize) -> Par
             return Parsed::Invalid {
                 error: Error::BadFormat,
                 skip: line_len,
+                unlink: None,
             };
         }
         n += 1;
@@ -461,6 +475,7 @@ fn retrieval(kind: Retrieval, exptime: i64, keys: &[u8], line_len: usize) -> Par
         return Parsed::Invalid {
             error: Error::UnknownCommand,
             skip: line_len,
+            unlink: None,
         };
     }
     Parsed::Command {
@@ -481,6 +496,7 @@ fn data_block(input: &[u8], line_len: usize, bytes: usize) -> Result<&[u8], Pars
         return Err(Parsed::Invalid {
             error: Error::TooLarge,
             skip: total,
+            unlink: None,
         });
     }
     if input.len() < total {
@@ -490,6 +506,7 @@ fn data_block(input: &[u8], line_len: usize, bytes: usize) -> Result<&[u8], Pars
         return Err(Parsed::Invalid {
             error: Error::BadDataChunk,
             skip: total,
+            unlink: None,
         });
     }
     Ok(&input[line_len..line_len + bytes])
@@ -497,47 +514,75 @@ fn data_block(input: &[u8], line_len: usize, bytes: usize) -> Result<&[u8], Pars
 
 fn storage<'a>(
     kind: Storage,
-    mut w: impl Iterator<Item = &'a [u8]>,
+    w: impl Iterator<Item = &'a [u8]>,
     input: &'a [u8],
     line_len: usize,
 ) -> Parsed<'a> {
-    let bad = |skip| Parsed::Invalid {
-        error: Error::BadFormat,
-        skip,
+    let invalid = |error| Parsed::Invalid {
+        error,
+        skip: line_len,
+        unlink: None,
     };
-    let (Some(key), Some(flags), Some(exptime), Some(bytes)) =
-        (w.next(), w.next(), w.next(), w.next())
-    else {
-        return bad(line_len);
-    };
-    let Some(bytes) = number::<usize>(bytes) else {
-        return bad(line_len);
-    };
-    // From here the length is known: whatever else is wrong, the data block is skipped too.
-    let with_data = line_len.saturating_add(bytes).saturating_add(2);
-    let cas = if kind == Storage::Cas {
-        match w.next().and_then(number::<u64>) {
-            Some(cas) => cas,
-            None => return bad(with_data),
+    let mut args = [&b""[..]; 7];
+    let mut n = 0;
+    for word in w {
+        if n == args.len() {
+            return invalid(Error::UnknownCommand);
         }
-    } else {
-        0
+        args[n] = word;
+        n += 1;
+    }
+    // key flags exptime bytes [cas] [noreply], as memcached counts them: a wrong count is
+    // ERROR, a wrong field CLIENT_ERROR. Neither skips a data block: memcached does not.
+    let fixed = if kind == Storage::Cas { 5 } else { 4 };
+    let noreply = match n - fixed.min(n) {
+        0 if n == fixed => false,
+        1 if args[fixed] == b"noreply" => true,
+        1 => false,
+        _ => return invalid(Error::UnknownCommand),
     };
-    let noreply = match w.next() {
-        None => false,
-        Some(b"noreply") => true,
-        Some(_) => return bad(with_data),
+    let [key, flags, exptime, bytes, cas_word, ..] = args;
+    let (Some(client_flags), Some(exptime), Some(bytes)) = (
+        number::<u32>(flags),
+        number::<i64>(exptime),
+        number::<usize>(bytes),
+    ) else {
+        return invalid(Error::BadFormat);
     };
-    let (Some(client_flags), Some(exptime)) = (number::<u32>(flags), number::<i64>(exptime)) else {
-        return bad(with_data);
+    let cas = match kind {
+        Storage::Cas => match number::<u64>(cas_word) {
+            Some(cas) => cas,
+            None => return invalid(Error::BadFormat),
+        },
+        _ => 0,
     };
     if !valid_key(key) {
-        return bad(with_data);
+        return invalid(Error::BadFormat);
     }
-    let data = match data_block(input, line_len, bytes) {
-        Ok(data) => data,
-        Err(other) => return other,
-    };
+    let total = line_len.saturating_add(bytes).saturating_add(2);
+    if bytes > MAX_VALUE_LEN {
+        // memcached discards the data block, and unlinks the key's old item so that a
+        // client never reads a value older than the one it tried to write.
+        return Parsed::Invalid {
+            error: Error::TooLarge,
+            skip: total,
+            unlink: Some(key),
+        };
+    }
+    if input.len() < total {
+        return Parsed::Incomplete { total };
+    }
+    if &input[line_len + bytes..total] != b"\r\n" {
+        return Parsed::Invalid {
+            error: if noreply {
+                Error::Silent
+            } else {
+                Error::BadDataChunk
+            },
+            skip: total,
+            unlink: None,
+        };
+    }
     Parsed::Command {
         command: Command::Store {
             kind,
@@ -546,9 +591,9 @@ fn storage<'a>(
             exptime,
             cas,
             noreply,
-            data,
+            data: &input[line_len..line_len + bytes],
         },
-        len: with_data,
+        len: total,
     }
 }
 
@@ -565,9 +610,13 @@ fn meta<'a>(
     input: &'a [u8],
     line_len: usize,
 ) -> Parsed<'a> {
-    let invalid = |error, skip| Parsed::Invalid { error, skip };
+    let invalid = |error, skip| Parsed::Invalid {
+        error,
+        skip,
+        unlink: None,
+    };
     let Some(key_word) = w.next() else {
-        return invalid(Error::BadFormat, line_len);
+        return invalid(Error::UnknownCommand, line_len);
     };
     let mut after_key = after(line, key_word);
     let mut skip = line_len;
@@ -629,7 +678,7 @@ mod tests {
 
     fn error(input: &[u8]) -> (Error, usize) {
         match parse(input) {
-            Parsed::Invalid { error, skip } => (error, skip),
+            Parsed::Invalid { error, skip, .. } => (error, skip),
             other => panic!("{other:?}"),
         }
     }
@@ -682,8 +731,10 @@ mod tests {
         assert_eq!(error(b"set k 0 0 2\r\nabc\r\n"), (Error::BadDataChunk, 17));
         let long = format!("get {}\r\n", "a".repeat(251));
         assert_eq!(error(long.as_bytes()).0, Error::BadFormat);
-        // A bad flags field, but a readable length: the data block goes too.
-        assert_eq!(error(b"set k x 0 3\r\nabc\r\n"), (Error::BadFormat, 18));
+        // A bad flags field: memcached answers the line and reads on from the next one.
+        assert_eq!(error(b"set k x 0 3\r\nabc\r\n"), (Error::BadFormat, 13));
+        assert_eq!(error(b"set k 0 0\r\n").0, Error::UnknownCommand);
+        assert_eq!(error(b"version foo\r\n").0, Error::UnknownCommand);
         let big = format!("set k 0 0 {}\r\n", MAX_VALUE_LEN + 1);
         let (e, skip) = error(big.as_bytes());
         assert_eq!(e, Error::TooLarge);

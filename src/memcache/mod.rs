@@ -32,6 +32,8 @@ pub enum Error {
     LineTooLong,
     ShuttingDown,
     Internal,
+    /// An error memcached does not answer (a bad data chunk under `noreply`).
+    Silent,
 }
 
 impl Error {
@@ -49,11 +51,12 @@ impl Error {
             }
             Error::NonNumeric => b"CLIENT_ERROR cannot increment or decrement non-numeric value",
             Error::InvalidFlag => b"CLIENT_ERROR invalid flag",
-            Error::BadToken => b"CLIENT_ERROR bad token in command line format",
+            Error::BadToken => b"CLIENT_ERROR invalid or duplicate flag",
             Error::OpaqueTooLong => b"CLIENT_ERROR opaque token too long",
             Error::LineTooLong => b"CLIENT_ERROR line too long",
             Error::ShuttingDown => b"SERVER_ERROR shutting down",
             Error::Internal => b"SERVER_ERROR internal error",
+            Error::Silent => b"",
         }
     }
 }

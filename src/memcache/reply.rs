@@ -89,9 +89,8 @@ pub fn meta(
             continue;
         }
         match flag {
-            // `b` comes back with the key, to say the key is base64.
-            b'b' if !flags.has(b'k') => continue,
-            b'b' => out.extend_from_slice(b" b"),
+            // `b` comes back last, with the key, to say the key is base64.
+            b'b' => continue,
             b'c' => {
                 out.extend_from_slice(b" c");
                 number(out, item.cas);
@@ -123,6 +122,9 @@ pub fn meta(
             }
             _ => {}
         }
+    }
+    if flags.has(b'b') && flags.has(b'k') && returns.contains(&b'k') {
+        out.extend_from_slice(b" b");
     }
     if item.won {
         out.extend_from_slice(b" W");
@@ -176,9 +178,9 @@ mod tests {
             &item,
             Some(b"hi"),
         );
-        assert_eq!(&out[..], b"VA 2 b t-1 O7 c3 kZm9v f5\r\nhi\r\n");
+        assert_eq!(&out[..], b"VA 2 t-1 O7 c3 kZm9v f5 b\r\nhi\r\n");
         out.clear();
         meta(&mut out, b"EN", &key, &flags, FAILURE_RETURNS, &item, None);
-        assert_eq!(&out[..], b"EN b O7 kZm9v\r\n");
+        assert_eq!(&out[..], b"EN O7 kZm9v b\r\n");
     }
 }

@@ -313,7 +313,6 @@ fn meta(
                     &ItemInfo::default(),
                     None,
                 ),
-                Deleted::NotFound if quiet => {}
                 Deleted::NotFound => failure(out, b"NF"),
                 Deleted::Exists => failure(out, b"EX"),
             }
@@ -353,7 +352,6 @@ fn meta(
                         reply::meta(out, b"HD", key, flags, reply::MA_RETURNS, &item, None);
                     }
                 }
-                Ok(Counted::NotFound) if quiet => {}
                 Ok(Counted::NotFound) => failure(out, b"NF"),
                 Ok(Counted::Exists) => failure(out, b"EX"),
                 Ok(Counted::NotNumeric) => return Err(Error::NonNumeric),

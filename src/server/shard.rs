@@ -192,7 +192,11 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         cpu: setup.cpu,
         global: setup.global,
         shard_ports: setup.shard_ports,
-        store: RefCell::new(Store::new(config.memory_per_shard())),
+        store: RefCell::new({
+            let mut store = Store::new(config.memory_per_shard());
+            store.share_cas_space(setup.index, config.shard_count());
+            store
+        }),
         metrics: RefCell::new(Metrics::new(setup.index as u32)),
         encoder: RefCell::new(ResponseEncoder::new()),
         // Every buffer that can be away at once: a full mesh link to each peer, a full compute

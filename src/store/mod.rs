@@ -175,6 +175,9 @@ pub struct Store {
     /// The CAS unique the next modification gets. Unique per core, and a key lives on one
     /// core, so a key never sees the same value twice.
     next_cas: u64,
+    /// How far apart this store's CAS uniques are: with one store per core, core i of n
+    /// gives i+1, i+1+n, ... so no two items anywhere share one.
+    cas_step: u64,
     /// A `flush_all` with a delay: at this time every item then present dies.
     flush_at_ms: Option<u64>,
     /// A value that append, prepend or a counter rewrites is copied here first: the chunk it
@@ -236,6 +239,7 @@ impl Store {
             sweep_cursor: (0, 0),
             chunk_sizes,
             next_cas: 1,
+            cas_step: 1,
             flush_at_ms: None,
             scratch: Vec::new(),
         }
@@ -270,9 +274,16 @@ impl Store {
         self.arena.free(loc);
     }
 
+    /// Makes this store the `index`th of `count` (one per core): its CAS uniques then never
+    /// equal another store's.
+    pub fn share_cas_space(&mut self, index: usize, count: usize) {
+        self.next_cas = index as u64 + 1;
+        self.cas_step = count.max(1) as u64;
+    }
+
     fn take_cas(&mut self, wanted: Option<u64>) -> u64 {
         let cas = self.next_cas;
-        self.next_cas += 1;
+        self.next_cas += self.cas_step;
         wanted.unwrap_or(cas)
     }
 

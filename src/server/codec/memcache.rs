@@ -38,8 +38,10 @@ pub fn whole_len(input: &[u8]) -> Option<usize> {
 }
 
 fn error(ctx: &mut Ctx<'_>, e: Error) {
-    ctx.output.local(|out| reply::line(out, e.reply()));
-    *ctx.answered += 1;
+    if e != Error::Silent {
+        ctx.output.local(|out| reply::line(out, e.reply()));
+        *ctx.answered += 1;
+    }
 }
 
 impl State {
@@ -71,8 +73,15 @@ impl State {
                 error(ctx, Error::LineTooLong);
                 Some(Step::Close)
             }
-            Parsed::Invalid { error: e, skip } => {
+            Parsed::Invalid {
+                error: e,
+                skip,
+                unlink,
+            } => {
                 ctx.shard.metrics.borrow_mut().rejected += 1;
+                if let Some(key) = unlink {
+                    self.unlink(ctx, key);
+                }
                 error(ctx, e);
                 let n = skip.min(input.len());
                 self.discard = skip - n;
@@ -117,8 +126,9 @@ impl State {
                 Step::Consumed(len)
             }
             Command::Stats { group } if !group.is_empty() => {
-                // Only the general statistics are kept.
-                ctx.output.local(|out| reply::line(out, b"END"));
+                // Only the general statistics are kept: no group is known.
+                ctx.output
+                    .local(|out| reply::line(out, Error::UnknownCommand.reply()));
                 Step::Consumed(len)
             }
             Command::Stats { .. } | Command::FlushAll { .. } => {
@@ -160,6 +170,37 @@ impl State {
         ctx.batch.answered[kind.index()] += 1;
         *ctx.answered += 1;
         step
+    }
+
+    /// Removes `key`'s item wherever it lives, answering nothing.
+    fn unlink(&mut self, ctx: &mut Ctx<'_>, key: &[u8]) {
+        let shard = ctx.shard;
+        let hash = key_hash(key);
+        let owner = owner_of_hash(hash, shard.count);
+        if owner == shard.index {
+            let now_ms = shard.ms_since_start(ctx.batch.started);
+            shard.store.borrow_mut().delete(hash, key, now_ms);
+            return;
+        }
+        let seq = ctx.output.reserve();
+        let pending = Pending::Kv {
+            conn: ctx.conn.clone(),
+            kind: OpKind::Delete,
+            started: ctx.batch.started,
+            seq,
+        };
+        let sent = router::forward(ctx, owner, OpKind::Delete, pending, |ticket, mut buf| {
+            buf.clear();
+            buf.extend_from_slice(b"delete ");
+            buf.extend_from_slice(key);
+            buf.extend_from_slice(b" noreply\r\n");
+            PeerRequest::Memcache { ticket, hash, buf }
+        });
+        if !matches!(sent, Forward::Sent) {
+            // Best effort, as in memcached under memory pressure: the error still goes out.
+            let _ = self.settle(ctx, sent, seq, Step::Paused);
+            router::release(shard, ctx.reserved.take());
+        }
     }
 
     /// Sends a command (its text, `text`) to the core that owns its key.
