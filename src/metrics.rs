@@ -95,6 +95,17 @@ impl Metrics {
             requests_arith: r[OpKind::Arith.index()],
             requests_flush: r[OpKind::Flush.index()],
             items_stored: store.items_stored,
+            delete_hits: store.outcomes.delete_hits,
+            delete_misses: store.outcomes.delete_misses,
+            incr_hits: store.outcomes.incr_hits,
+            incr_misses: store.outcomes.incr_misses,
+            decr_hits: store.outcomes.decr_hits,
+            decr_misses: store.outcomes.decr_misses,
+            cas_hits: store.outcomes.cas_hits,
+            cas_misses: store.outcomes.cas_misses,
+            cas_badval: store.outcomes.cas_badval,
+            touch_hits: store.outcomes.touch_hits,
+            touch_misses: store.outcomes.touch_misses,
         }
     }
 }

@@ -126,6 +126,9 @@ impl<'a> MetaFlags<'a> {
         let mut present = 0;
         for token in words(tokens) {
             let bit = flag_bit(token[0]).ok_or(Error::InvalidFlag)?;
+            if present & bit != 0 {
+                return Err(Error::DuplicateFlag);
+            }
             present |= bit;
         }
         let flags = MetaFlags { tokens, present };
@@ -280,10 +283,13 @@ fn number<T: std::str::FromStr>(word: &[u8]) -> Option<T> {
     std::str::from_utf8(word).ok()?.parse().ok()
 }
 
-/// A key as the text protocol allows it: 1..=250 bytes, no control characters (spaces cannot
-/// occur: they separate words).
+/// A key as the text protocol allows it: 1..=250 bytes without a space, CR or LF (which
+/// would end it). Other control bytes are taken, as memcached takes them: memcaslap's own keys
+/// start with bytes such as 0x10 and 0x7f.
 pub fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+    !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && key.iter().all(|&b| !matches!(b, b' ' | b'\r' | b'\n'))
 }
 
 /// Splits one command off the front of `input`.
@@ -345,11 +351,15 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
         }
         b"delete" => {
             let Some(key) = w.next() else {
-                return invalid(Error::BadFormat);
+                return invalid(Error::UnknownCommand);
             };
             // memcached still takes the old `delete <key> 0`; any other time is an error.
             let mut noreply = false;
-            for word in w {
+            let rest: [Option<&[u8]>; 3] = [w.next(), w.next(), w.next()];
+            if rest[2].is_some() {
+                return invalid(Error::UnknownCommand);
+            }
+            for word in rest.into_iter().flatten() {
                 match word {
                     b"noreply" => noreply = true,
                     b"0" => {}
@@ -365,10 +375,10 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
             let (Some(key), Some(delta)) = (w.next(), w.next()) else {
                 return invalid(Error::UnknownCommand);
             };
-            let noreply = match w.next() {
-                None => false,
-                Some(b"noreply") => true,
-                Some(_) => return invalid(Error::BadFormat),
+            let noreply = match (w.next(), w.next()) {
+                (None, _) => false,
+                (Some(b"noreply"), None) => true,
+                _ => return invalid(Error::UnknownCommand),
             };
             if !valid_key(key) {
                 return invalid(Error::BadFormat);
@@ -403,7 +413,10 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
         b"flush_all" => {
             let mut delay = 0;
             let mut noreply = false;
-            for word in w {
+            for (i, word) in w.enumerate() {
+                if i >= 2 {
+                    return invalid(Error::UnknownCommand);
+                }
                 if word == b"noreply" {
                     noreply = true;
                 } else {
@@ -418,10 +431,9 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
         b"stats" => Command::Stats {
             group: rest.trim_ascii(),
         },
-        // memcached answers extra words after these with ERROR.
-        b"version" | b"quit" | b"mn" if w.next().is_some() => {
-            return invalid(Error::UnknownCommand)
-        }
+        // Extra words after these are answered ERROR, as memccapable expects of a server
+        // that does not call itself memcached 1.6 (`mn` takes flags and ignores them).
+        b"version" | b"quit" if w.next().is_some() => return invalid(Error::UnknownCommand),
         b"version" => Command::Version,
         b"quit" => Command::Quit,
         b"mn" => Command::MetaNoop,
@@ -626,7 +638,7 @@ fn meta<'a>(
             return invalid(Error::BadFormat, line_len);
         };
         let Some(n) = number::<usize>(len_word) else {
-            return invalid(Error::BadDataChunk, line_len);
+            return invalid(Error::BadFormat, line_len);
         };
         bytes = n;
         skip = line_len.saturating_add(n).saturating_add(2);
@@ -741,7 +753,9 @@ mod tests {
         assert_eq!(skip, big.len() + MAX_VALUE_LEN + 3);
         assert_eq!(error(b"incr k x\r\n").0, Error::InvalidDelta);
         assert_eq!(error(b"get\r\n").0, Error::UnknownCommand);
-        assert_eq!(error(b"get a\x01b\r\n").0, Error::BadFormat);
+        assert_eq!(error(b"get a\rb\r\n").0, Error::BadFormat);
+        assert_eq!(error(b"delete a 0 noreply x\r\n").0, Error::UnknownCommand);
+        assert_eq!(error(b"mg k v v\r\n").0, Error::DuplicateFlag);
         assert!(matches!(
             parse(&vec![b'a'; MAX_LINE + 10]),
             Parsed::LineTooLong

@@ -27,6 +27,7 @@ pub enum Error {
     DeleteTime,
     NonNumeric,
     InvalidFlag,
+    DuplicateFlag,
     BadToken,
     OpaqueTooLong,
     LineTooLong,
@@ -51,6 +52,7 @@ impl Error {
             }
             Error::NonNumeric => b"CLIENT_ERROR cannot increment or decrement non-numeric value",
             Error::InvalidFlag => b"CLIENT_ERROR invalid flag",
+            Error::DuplicateFlag => b"CLIENT_ERROR duplicate flag",
             Error::BadToken => b"CLIENT_ERROR invalid or duplicate flag",
             Error::OpaqueTooLong => b"CLIENT_ERROR opaque token too long",
             Error::LineTooLong => b"CLIENT_ERROR line too long",

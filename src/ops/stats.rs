@@ -47,6 +47,18 @@ pub fn memcache(info: &ServerInfo, per_shard: &[ShardStats], out: &mut BytesMut)
     reply::stat(out, "get_hits", sum(|s| s.hits));
     reply::stat(out, "get_misses", sum(|s| s.misses));
     reply::stat(out, "get_expired", sum(|s| s.expirations));
+    reply::stat(out, "delete_hits", sum(|s| s.delete_hits));
+    reply::stat(out, "delete_misses", sum(|s| s.delete_misses));
+    reply::stat(out, "incr_hits", sum(|s| s.incr_hits));
+    reply::stat(out, "incr_misses", sum(|s| s.incr_misses));
+    reply::stat(out, "decr_hits", sum(|s| s.decr_hits));
+    reply::stat(out, "decr_misses", sum(|s| s.decr_misses));
+    reply::stat(out, "cas_hits", sum(|s| s.cas_hits));
+    reply::stat(out, "cas_misses", sum(|s| s.cas_misses));
+    reply::stat(out, "cas_badval", sum(|s| s.cas_badval));
+    reply::stat(out, "touch_hits", sum(|s| s.touch_hits));
+    reply::stat(out, "touch_misses", sum(|s| s.touch_misses));
+
     reply::stat(out, "threads", info.threads);
     reply::stat(out, "limit_maxbytes", info.limit_maxbytes);
     reply::stat(out, "bytes", sum(|s| s.bytes_used));

@@ -40,6 +40,17 @@ pub struct ShardStats {
     pub requests_flush: u64,
     /// Items ever stored (memcached's `total_items`).
     pub items_stored: u64,
+    pub delete_hits: u64,
+    pub delete_misses: u64,
+    pub incr_hits: u64,
+    pub incr_misses: u64,
+    pub decr_hits: u64,
+    pub decr_misses: u64,
+    pub cas_hits: u64,
+    pub cas_misses: u64,
+    pub cas_badval: u64,
+    pub touch_hits: u64,
+    pub touch_misses: u64,
 }
 
 impl ShardStats {
@@ -69,6 +80,17 @@ impl ShardStats {
             requests_arith: s.requests_arith(),
             requests_flush: s.requests_flush(),
             items_stored: s.items_stored(),
+            delete_hits: s.delete_hits(),
+            delete_misses: s.delete_misses(),
+            incr_hits: s.incr_hits(),
+            incr_misses: s.incr_misses(),
+            decr_hits: s.decr_hits(),
+            decr_misses: s.decr_misses(),
+            cas_hits: s.cas_hits(),
+            cas_misses: s.cas_misses(),
+            cas_badval: s.cas_badval(),
+            touch_hits: s.touch_hits(),
+            touch_misses: s.touch_misses(),
         }
     }
 
@@ -98,6 +120,17 @@ impl ShardStats {
             requests_arith: self.requests_arith,
             requests_flush: self.requests_flush,
             items_stored: self.items_stored,
+            delete_hits: self.delete_hits,
+            delete_misses: self.delete_misses,
+            incr_hits: self.incr_hits,
+            incr_misses: self.incr_misses,
+            decr_hits: self.decr_hits,
+            decr_misses: self.decr_misses,
+            cas_hits: self.cas_hits,
+            cas_misses: self.cas_misses,
+            cas_badval: self.cas_badval,
+            touch_hits: self.touch_hits,
+            touch_misses: self.touch_misses,
         }
     }
 }

@@ -47,6 +47,23 @@ pub struct StoreStats {
     pub bytes_used: u64,
     /// Bytes of arena pages allocated, at most the budget.
     pub bytes_reserved: u64,
+    pub outcomes: Outcomes,
+}
+
+/// Outcomes of memcached's commands, under the names its `stats` gives them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub delete_hits: u64,
+    pub delete_misses: u64,
+    pub incr_hits: u64,
+    pub incr_misses: u64,
+    pub decr_hits: u64,
+    pub decr_misses: u64,
+    pub cas_hits: u64,
+    pub cas_misses: u64,
+    pub cas_badval: u64,
+    pub touch_hits: u64,
+    pub touch_misses: u64,
 }
 
 /// When a written item expires.
@@ -373,10 +390,17 @@ impl Store {
         let old = self.live(hash, w.key, now_ms);
         let old_header = old.map(|loc| self.arena.header(loc));
         if let Some(compare) = w.compare_cas {
+            let outcomes = &mut self.stats.outcomes;
             match old_header {
-                None => return Ok(Stored::NotFound),
-                Some(h) if h.cas != compare => return Ok(Stored::Exists),
-                Some(_) => {}
+                None => {
+                    outcomes.cas_misses += 1;
+                    return Ok(Stored::NotFound);
+                }
+                Some(h) if h.cas != compare => {
+                    outcomes.cas_badval += 1;
+                    return Ok(Stored::Exists);
+                }
+                Some(_) => outcomes.cas_hits += 1,
             }
         }
         let (prefix, suffix): (&[u8], &[u8]) = match (w.mode, old) {
@@ -503,11 +527,13 @@ impl Store {
         now_ms: u64,
     ) -> Deleted {
         let Some(loc) = self.live(hash, key, now_ms) else {
+            self.stats.outcomes.delete_misses += 1;
             return Deleted::NotFound;
         };
         if compare_cas.is_some_and(|c| c != self.arena.header(loc).cas) {
             return Deleted::Exists;
         }
+        self.stats.outcomes.delete_hits += 1;
         self.remove(hash, loc);
         Deleted::Deleted
     }
@@ -515,8 +541,10 @@ impl Store {
     /// Gives `key` a new expiry; false when it is absent.
     pub fn touch(&mut self, hash: u64, key: &[u8], ttl: Ttl, now_ms: u64) -> bool {
         let Some(loc) = self.live(hash, key, now_ms) else {
+            self.stats.outcomes.touch_misses += 1;
             return false;
         };
+        self.stats.outcomes.touch_hits += 1;
         if ttl == Ttl::Expired {
             self.remove(hash, loc);
             return true;
@@ -535,7 +563,15 @@ impl Store {
         a: &Arith,
         now_ms: u64,
     ) -> Result<Counted, RequestError> {
-        let Some(loc) = self.live(hash, key, now_ms) else {
+        let live = self.live(hash, key, now_ms);
+        let outcomes = &mut self.stats.outcomes;
+        *match (a.incr, live.is_some()) {
+            (true, true) => &mut outcomes.incr_hits,
+            (true, false) => &mut outcomes.incr_misses,
+            (false, true) => &mut outcomes.decr_hits,
+            (false, false) => &mut outcomes.decr_misses,
+        } += 1;
+        let Some(loc) = live else {
             let Some((initial, ttl)) = a.vivify else {
                 return Ok(Counted::NotFound);
             };

@@ -1923,6 +1923,17 @@ impl<'a> ShardStats<'a> {
   pub const VT_REQUESTS_ARITH: ::flatbuffers::VOffsetT = 46;
   pub const VT_REQUESTS_FLUSH: ::flatbuffers::VOffsetT = 48;
   pub const VT_ITEMS_STORED: ::flatbuffers::VOffsetT = 50;
+  pub const VT_DELETE_HITS: ::flatbuffers::VOffsetT = 52;
+  pub const VT_DELETE_MISSES: ::flatbuffers::VOffsetT = 54;
+  pub const VT_INCR_HITS: ::flatbuffers::VOffsetT = 56;
+  pub const VT_INCR_MISSES: ::flatbuffers::VOffsetT = 58;
+  pub const VT_DECR_HITS: ::flatbuffers::VOffsetT = 60;
+  pub const VT_DECR_MISSES: ::flatbuffers::VOffsetT = 62;
+  pub const VT_CAS_HITS: ::flatbuffers::VOffsetT = 64;
+  pub const VT_CAS_MISSES: ::flatbuffers::VOffsetT = 66;
+  pub const VT_CAS_BADVAL: ::flatbuffers::VOffsetT = 68;
+  pub const VT_TOUCH_HITS: ::flatbuffers::VOffsetT = 70;
+  pub const VT_TOUCH_MISSES: ::flatbuffers::VOffsetT = 72;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1934,6 +1945,17 @@ impl<'a> ShardStats<'a> {
     args: &'args ShardStatsArgs
   ) -> ::flatbuffers::WIPOffset<ShardStats<'bldr>> {
     let mut builder = ShardStatsBuilder::new(_fbb);
+    builder.add_touch_misses(args.touch_misses);
+    builder.add_touch_hits(args.touch_hits);
+    builder.add_cas_badval(args.cas_badval);
+    builder.add_cas_misses(args.cas_misses);
+    builder.add_cas_hits(args.cas_hits);
+    builder.add_decr_misses(args.decr_misses);
+    builder.add_decr_hits(args.decr_hits);
+    builder.add_incr_misses(args.incr_misses);
+    builder.add_incr_hits(args.incr_hits);
+    builder.add_delete_misses(args.delete_misses);
+    builder.add_delete_hits(args.delete_hits);
     builder.add_items_stored(args.items_stored);
     builder.add_requests_flush(args.requests_flush);
     builder.add_requests_arith(args.requests_arith);
@@ -2130,6 +2152,83 @@ impl<'a> ShardStats<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(ShardStats::VT_ITEMS_STORED, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn delete_hits(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_DELETE_HITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn delete_misses(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_DELETE_MISSES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn incr_hits(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_INCR_HITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn incr_misses(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_INCR_MISSES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn decr_hits(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_DECR_HITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn decr_misses(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_DECR_MISSES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cas_hits(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_CAS_HITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cas_misses(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_CAS_MISSES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cas_badval(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_CAS_BADVAL, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn touch_hits(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_TOUCH_HITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn touch_misses(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ShardStats::VT_TOUCH_MISSES, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ShardStats<'_> {
@@ -2162,6 +2261,17 @@ impl ::flatbuffers::Verifiable for ShardStats<'_> {
      .visit_field::<u64>("requests_arith", Self::VT_REQUESTS_ARITH, false)?
      .visit_field::<u64>("requests_flush", Self::VT_REQUESTS_FLUSH, false)?
      .visit_field::<u64>("items_stored", Self::VT_ITEMS_STORED, false)?
+     .visit_field::<u64>("delete_hits", Self::VT_DELETE_HITS, false)?
+     .visit_field::<u64>("delete_misses", Self::VT_DELETE_MISSES, false)?
+     .visit_field::<u64>("incr_hits", Self::VT_INCR_HITS, false)?
+     .visit_field::<u64>("incr_misses", Self::VT_INCR_MISSES, false)?
+     .visit_field::<u64>("decr_hits", Self::VT_DECR_HITS, false)?
+     .visit_field::<u64>("decr_misses", Self::VT_DECR_MISSES, false)?
+     .visit_field::<u64>("cas_hits", Self::VT_CAS_HITS, false)?
+     .visit_field::<u64>("cas_misses", Self::VT_CAS_MISSES, false)?
+     .visit_field::<u64>("cas_badval", Self::VT_CAS_BADVAL, false)?
+     .visit_field::<u64>("touch_hits", Self::VT_TOUCH_HITS, false)?
+     .visit_field::<u64>("touch_misses", Self::VT_TOUCH_MISSES, false)?
      .finish();
     Ok(())
   }
@@ -2191,6 +2301,17 @@ pub struct ShardStatsArgs {
     pub requests_arith: u64,
     pub requests_flush: u64,
     pub items_stored: u64,
+    pub delete_hits: u64,
+    pub delete_misses: u64,
+    pub incr_hits: u64,
+    pub incr_misses: u64,
+    pub decr_hits: u64,
+    pub decr_misses: u64,
+    pub cas_hits: u64,
+    pub cas_misses: u64,
+    pub cas_badval: u64,
+    pub touch_hits: u64,
+    pub touch_misses: u64,
 }
 impl<'a> Default for ShardStatsArgs {
   #[inline]
@@ -2220,6 +2341,17 @@ impl<'a> Default for ShardStatsArgs {
       requests_arith: 0,
       requests_flush: 0,
       items_stored: 0,
+      delete_hits: 0,
+      delete_misses: 0,
+      incr_hits: 0,
+      incr_misses: 0,
+      decr_hits: 0,
+      decr_misses: 0,
+      cas_hits: 0,
+      cas_misses: 0,
+      cas_badval: 0,
+      touch_hits: 0,
+      touch_misses: 0,
     }
   }
 }
@@ -2326,6 +2458,50 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ShardStatsBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(ShardStats::VT_ITEMS_STORED, items_stored, 0);
   }
   #[inline]
+  pub fn add_delete_hits(&mut self, delete_hits: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_DELETE_HITS, delete_hits, 0);
+  }
+  #[inline]
+  pub fn add_delete_misses(&mut self, delete_misses: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_DELETE_MISSES, delete_misses, 0);
+  }
+  #[inline]
+  pub fn add_incr_hits(&mut self, incr_hits: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_INCR_HITS, incr_hits, 0);
+  }
+  #[inline]
+  pub fn add_incr_misses(&mut self, incr_misses: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_INCR_MISSES, incr_misses, 0);
+  }
+  #[inline]
+  pub fn add_decr_hits(&mut self, decr_hits: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_DECR_HITS, decr_hits, 0);
+  }
+  #[inline]
+  pub fn add_decr_misses(&mut self, decr_misses: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_DECR_MISSES, decr_misses, 0);
+  }
+  #[inline]
+  pub fn add_cas_hits(&mut self, cas_hits: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_CAS_HITS, cas_hits, 0);
+  }
+  #[inline]
+  pub fn add_cas_misses(&mut self, cas_misses: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_CAS_MISSES, cas_misses, 0);
+  }
+  #[inline]
+  pub fn add_cas_badval(&mut self, cas_badval: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_CAS_BADVAL, cas_badval, 0);
+  }
+  #[inline]
+  pub fn add_touch_hits(&mut self, touch_hits: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_TOUCH_HITS, touch_hits, 0);
+  }
+  #[inline]
+  pub fn add_touch_misses(&mut self, touch_misses: u64) {
+    self.fbb_.push_slot::<u64>(ShardStats::VT_TOUCH_MISSES, touch_misses, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ShardStatsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ShardStatsBuilder {
@@ -2367,6 +2543,17 @@ impl ::core::fmt::Debug for ShardStats<'_> {
       ds.field("requests_arith", &self.requests_arith());
       ds.field("requests_flush", &self.requests_flush());
       ds.field("items_stored", &self.items_stored());
+      ds.field("delete_hits", &self.delete_hits());
+      ds.field("delete_misses", &self.delete_misses());
+      ds.field("incr_hits", &self.incr_hits());
+      ds.field("incr_misses", &self.incr_misses());
+      ds.field("decr_hits", &self.decr_hits());
+      ds.field("decr_misses", &self.decr_misses());
+      ds.field("cas_hits", &self.cas_hits());
+      ds.field("cas_misses", &self.cas_misses());
+      ds.field("cas_badval", &self.cas_badval());
+      ds.field("touch_hits", &self.touch_hits());
+      ds.field("touch_misses", &self.touch_misses());
       ds.finish()
   }
 }
