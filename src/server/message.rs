@@ -88,9 +88,11 @@ pub enum PeerReply {
         ticket: u32,
         frame: BytesMut,
     },
+    /// Boxed: the counters are far larger than the other replies, and every slot of a mesh
+    /// channel is as large as its largest message.
     Stats {
         ticket: u32,
-        stats: ShardStats,
+        stats: Box<ShardStats>,
     },
     Flushed {
         ticket: u32,

@@ -62,7 +62,7 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
             }
             PeerRequest::Stats { ticket } => PeerReply::Stats {
                 ticket,
-                stats: shard.shard_stats(),
+                stats: Box::new(shard.shard_stats()),
             },
             PeerRequest::Flush { ticket, delay_ms } => {
                 let now_ms = shard.now_ms();
@@ -122,7 +122,7 @@ pub async fn receive_replies(shard: Rc<Shard>, link: Rc<ShardLink>) {
                 }
                 continue;
             }
-            PeerReply::Stats { ticket, stats } => (ticket, Some(stats)),
+            PeerReply::Stats { ticket, stats } => (ticket, Some(*stats)),
             PeerReply::Flushed { ticket } => (ticket, None),
         };
         if let Some(Pending::Gather(gather)) =

@@ -74,13 +74,23 @@ def test_stats_has_the_usual_fields(fresh_server):
         s = stats(c)
         missing = [name for name in REQUIRED_STATS if name not in s]
         assert not missing, f"stats lacks {missing}; it has {sorted(s)}"
-        assert s["pid"] == fresh_server.proc.pid, "pid is the server process's"
-        assert isinstance(s["uptime"], int) and 0 <= s["uptime"] < 60
-        assert abs(s["time"] - time.time()) < 5, "time is the server's unix time"
-        assert s["threads"] == THREADS
-        assert s["limit_maxbytes"] == MEMORY_BYTES
-        assert s["curr_items"] == 0 and s["total_items"] == 0, "a new server holds nothing"
-        assert s["curr_connections"] >= 1
+        assert s["pid"] == fresh_server.proc.pid, (
+            f"pid {s['pid']!r}: expected the server process's, {fresh_server.proc.pid}"
+        )
+        assert isinstance(s["uptime"], int) and 0 <= s["uptime"] < 60, (
+            f"uptime of a server started just now: {s['uptime']!r}"
+        )
+        assert abs(s["time"] - time.time()) < 5, f"time {s['time']!r} is not the unix time now"
+        assert s["threads"] == THREADS, (
+            f"threads {s['threads']!r}: expected {THREADS}, the number of cores/threads given"
+        )
+        assert s["limit_maxbytes"] == MEMORY_BYTES, (
+            f"limit_maxbytes {s['limit_maxbytes']!r}: expected {MEMORY_BYTES} (64 MiB was given)"
+        )
+        assert (s["curr_items"], s["total_items"]) == (0, 0), (
+            f"a new server holds nothing: curr_items {s['curr_items']}, total_items {s['total_items']}"
+        )
+        assert s["curr_connections"] >= 1, f"curr_connections {s['curr_connections']} counts not even this one"
     finally:
         c.close()
 

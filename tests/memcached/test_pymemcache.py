@@ -71,12 +71,11 @@ def test_gets_many_200_keys_returns_values_and_cas(client, key):
         assert client.set(k, v)
     got = client.gets_many(list(expected))
     assert set(got) == set(expected)
-    cas_values = set()
+    # (CAS values need only be unique per key over time, not across keys: percore counts them
+    # per core, memcached globally.)
     for k, (value, cas) in got.items():
         assert value == expected[k]
-        assert cas is not None and int(cas) > 0, f"cas token of {k}: {cas!r}"
-        cas_values.add(int(cas))
-    assert len(cas_values) == len(expected), "every stored item has its own cas value"
+        assert cas is not None and cas.isdigit() and int(cas) > 0, f"cas token of {k}: {cas!r}"
 
 
 @pytest.mark.parametrize(
