@@ -12,12 +12,15 @@
 //!   [`server::router`], forwarding to the owner core, the compute queue, shutdown.
 //! - [`ops`]: what each operation does; [`store`]: one core's shard of the cache.
 //! - [`metrics`]: per-core counters and latency histograms, and the exit report.
+//! - [`memcache`]: the memcached text protocol, as [`protocol`] is percore's: [`memcache::client`]
+//!   encodes commands and splits replies for the load generator and the tests.
 //! - [`client`]: an async client with pipelining, used by the tests and `percore-load`.
 //! - [`config`]: command line and config file; [`error`]: request errors and their statuses.
 
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod memcache;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
