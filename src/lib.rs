@@ -8,10 +8,12 @@
 //!   response codecs, key-to-shard hashing. Shared by everything below.
 //! - [`runtime`]: the only module that touches glommio: pinned executors, socket2 listeners,
 //!   connections, and the cross-core mesh.
-//! - [`server`]: bootstrap, then per core: accept, [`server::connection`] (read, route, write),
-//!   [`server::router`], forwarding to the owner core, the compute queue, shutdown.
-//! - [`memcache`]: memcached's text protocol (classic and meta commands), served beside the
-//!   native one on the same cores and store.
+//! - [`server`]: bootstrap, then per core: accept, [`server::connection`] (read, write, push
+//!   back) driving a [`server::codec`] (native or memcached), forwarding to the owner core, the
+//!   compute queue, shutdown.
+//! - [`memcache`]: memcached's text protocol (classic and meta commands), as [`protocol`] is
+//!   percore's: the server's parser and replies, and [`memcache::client`], which encodes
+//!   commands and splits replies for the load generator and the tests.
 //! - [`ops`]: what each operation does; [`store`]: one core's shard of the cache.
 //! - [`metrics`]: per-core counters and latency histograms, and the exit report.
 //! - [`client`]: an async client with pipelining, used by the tests and `percore-load`.

@@ -46,7 +46,7 @@ fi
 # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise; a pyenv
 # or venv python has no such marker and takes none of this.
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-pip_args=(-q)
+pip_args=(-q --no-warn-script-location)
 if python3 -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))' 2>/dev/null; then
     pip_args+=(--break-system-packages)
 fi

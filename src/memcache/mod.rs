@@ -2,10 +2,12 @@
 //! server, the load generator and the tests.
 //!
 //! [`command`] splits a command off a connection's input and reads it in place (server side);
-//! [`reply`] writes the server's replies. The server runs commands in [`crate::ops::memcache`]
+//! [`reply`] writes the server's replies; [`client`] is the side a client speaks: encoders for
+//! the commands it sends and a parser for the replies it reads. The server runs commands in [`crate::ops::memcache`]
 //! and routes them in `server::codec::memcache`. `docs/memcached.md` says what is served and
 //! how it differs from memcached.
 
+pub mod client;
 pub mod command;
 pub mod reply;
 

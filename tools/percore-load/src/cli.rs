@@ -15,6 +15,9 @@ use percore::protocol::{Algo, MAX_COMPUTE_ROUNDS, MAX_KEY_LEN, MAX_VALUE_LEN};
 use crate::codec::ProtocolKind;
 use crate::workload::{min_key_size, KeyDist, LoadOp, Mix, ValueSize, CHECKSUM_LEN};
 
+/// Most keys in one get command: a line of 250-byte keys then stays within 64 KiB.
+pub const MAX_MULTIGET: usize = 256;
+
 /// percore-load: the load generator bundled with percore.
 ///
 /// Runs one pinned executor per chosen CPU, spreads --connections across them and across the
@@ -25,10 +28,10 @@ use crate::workload::{min_key_size, KeyDist, LoadOp, Mix, ValueSize, CHECKSUM_LE
 /// server fills the tail instead of hiding (wrk2's coordinated-omission correction). The
 /// service time from the actual send is kept too.
 ///
-/// Every reply is checked: matched by id, expected status, and each value's checksum (values
-/// end with a CRC-32C over key and content). Wrong replies, and requests lost with their
-/// connection (written, no reply when it ended), are counted by kind and make the exit
-/// status 1. A connection the server closes after answering everything sent is a clean end;
+/// Every reply is checked: matched by id (memcached: by order), expected status, and each
+/// value's checksum (values end with a CRC-32C over key and content). Wrong replies, and
+/// requests lost with their connection (written, no reply when it ended), are counted by kind
+/// and make the exit status 1. A connection the server closes after answering everything sent is a clean end;
 /// a `ShuttingDown` reply is not an error (that connection sends nothing more).
 ///
 /// A progress line goes to stderr every second; at the end, throughput, errors and per
@@ -76,14 +79,25 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "20us")]
     pub idle_poll: Dur,
 
-    /// What to send: ping (echo a payload of --value-size), get, set, mixed (--mix), compute
+    /// What to send: ping (echo a payload of --value-size), get, set, delete, mixed (--mix),
+    /// compute
     #[arg(long, value_enum, default_value_t = WorkloadKind::Ping)]
     pub workload: WorkloadKind,
 
-    /// Operation weights of the mixed workload, OP:WEIGHT,... with OP one of get, set, ping,
-    /// compute
+    /// Operation weights of the mixed workload, OP:WEIGHT,... with OP one of get, set, delete,
+    /// ping, compute
     #[arg(long, value_name = "MIX", default_value = "get:90,set:10")]
     pub mix: Mix,
+
+    /// Keys per get command (at most 256), memcached's batching of gets (--protocol memcached,
+    /// a workload with get). Each line's keys are drawn independently (a key may repeat); the
+    /// reply must give their VALUEs in request order (a key without one is a miss), then END.
+    /// Each key is one op: --requests, --rate and the throughput count keys, and each key has
+    /// its own entry in the latency histograms, all with its line's latency (intended send to
+    /// END). --pipeline counts lines in flight, and --mix draws a line as one get. The
+    /// --prefill and --verify-keys passes send one key per command
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub multiget: usize,
 
     /// Keys in the keyspace
     #[arg(long, value_name = "N", default_value_t = 100_000)]
@@ -103,14 +117,15 @@ pub struct Args {
     pub key_dist: KeyDist,
 
     /// Set every key once before measuring, so gets hit; a get that then misses is an error
+    /// (unless the workload deletes)
     #[arg(long)]
     pub prefill: bool,
 
-    /// After the run, read back every key a set was acknowledged for and check that it holds
-    /// the last acknowledged value, byte for byte. So that the last one is known, each key is
-    /// then set by one connection only (connection i sets the keys equal to i modulo
-    /// --connections; gets still read any key), which keeps its sets in order; a missing key
-    /// or another value is an error
+    /// After the run, read back every key a set or delete was acknowledged for and check that
+    /// it holds the last acknowledged value, byte for byte, or nothing after a delete. So that
+    /// the last one is known, each key is then written by one connection only (connection i
+    /// sets and deletes the keys equal to i modulo --connections; gets still read any key),
+    /// which keeps its writes in order; a missing key or another value is an error
     #[arg(long)]
     pub verify_keys: bool,
 
@@ -119,7 +134,7 @@ pub struct Args {
     #[arg(long)]
     pub shard_aware: bool,
 
-    /// Wire protocol: percore, or memcached (text protocol, get and set only)
+    /// Wire protocol: percore, or memcached (text protocol: get, set, delete, --multiget)
     #[arg(long, value_enum, default_value_t = ProtocolKind::Percore)]
     pub protocol: ProtocolKind,
 
@@ -165,6 +180,7 @@ pub enum WorkloadKind {
     Ping,
     Get,
     Set,
+    Delete,
     Mixed,
     Compute,
 }
@@ -195,6 +211,8 @@ pub struct Plan {
     pub idle_poll: Duration,
     pub workload: WorkloadKind,
     pub mix: Mix,
+    /// Keys per get command (1 but with --multiget).
+    pub multiget: usize,
     pub keys: u64,
     pub key_size: usize,
     pub value_size: ValueSize,
@@ -268,6 +286,7 @@ impl Plan {
             WorkloadKind::Ping => Mix::only(LoadOp::Ping),
             WorkloadKind::Get => Mix::only(LoadOp::Get),
             WorkloadKind::Set => Mix::only(LoadOp::Set),
+            WorkloadKind::Delete => Mix::only(LoadOp::Delete),
             WorkloadKind::Compute => Mix::only(LoadOp::Compute),
             WorkloadKind::Mixed => args.mix.clone(),
         };
@@ -281,8 +300,9 @@ impl Plan {
             );
         }
         if args.verify_keys {
-            if !ops.contains(&LoadOp::Set) && !args.prefill {
-                bail!("--verify-keys reads back acknowledged sets: use --prefill or a workload with set");
+            let writes = ops.contains(&LoadOp::Set) || ops.contains(&LoadOp::Delete);
+            if !writes && !args.prefill {
+                bail!("--verify-keys reads back acknowledged sets and deletes: use --prefill or a workload with set or delete");
             }
             if args.keys < args.connections as u64 {
                 bail!("--verify-keys gives each connection its own keys to set: --keys must be at least --connections");
@@ -291,12 +311,23 @@ impl Plan {
         if args.compute_rounds == 0 || args.compute_rounds > MAX_COMPUTE_ROUNDS {
             bail!("--compute-rounds must be 1..={MAX_COMPUTE_ROUNDS}");
         }
+        if args.multiget == 0 || args.multiget > MAX_MULTIGET {
+            bail!("--multiget must be 1..={MAX_MULTIGET}");
+        }
+        if args.multiget > 1 {
+            if args.protocol != ProtocolKind::Memcached {
+                bail!("--multiget needs --protocol memcached (percore's Get takes one key)");
+            }
+            if !ops.contains(&LoadOp::Get) {
+                bail!("--multiget batches gets: use --workload get, or mixed with get in --mix");
+            }
+        }
         if args.protocol == ProtocolKind::Memcached {
             if ops
                 .iter()
-                .any(|op| !matches!(op, LoadOp::Get | LoadOp::Set))
+                .any(|op| !matches!(op, LoadOp::Get | LoadOp::Set | LoadOp::Delete))
             {
-                bail!("--protocol memcached speaks get and set only (--workload get, set or mixed with get/set)");
+                bail!("--protocol memcached speaks get, set and delete only (--workload get, set, delete, or mixed without ping and compute)");
             }
             if args.shard_aware {
                 bail!("--shard-aware needs the percore protocol (Hello)");
@@ -316,6 +347,7 @@ impl Plan {
             idle_poll: args.idle_poll.0,
             workload: args.workload,
             mix,
+            multiget: args.multiget,
             keys: args.keys,
             key_size: args.key_size,
             value_size: args.value_size,
@@ -354,7 +386,7 @@ impl Plan {
             .map(|t| t.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        format!(
+        let mut line = format!(
             "{mode}, {stop}, workload {} ({}), {} connections x pipeline {} on {} core(s), target {targets}{}",
             format!("{:?}", self.workload).to_lowercase(),
             self.mix,
@@ -362,7 +394,20 @@ impl Plan {
             self.pipeline,
             self.cpus.len(),
             if self.shard_aware { ", shard-aware" } else { "" },
-        ) + if self.verify_keys { ", verify-keys" } else { "" }
+        );
+        if self.multiget > 1 {
+            line += &format!(", {} keys per get", self.multiget);
+        }
+        if self.verify_keys {
+            line += ", verify-keys";
+        }
+        line
+    }
+
+    /// Whether a get may miss without being wrong: the keyspace was not prefilled, or the
+    /// workload deletes.
+    pub fn gets_may_miss(&self) -> bool {
+        !self.prefill || self.mix.ops().contains(&LoadOp::Delete)
     }
 }
 
@@ -406,6 +451,57 @@ mod tests {
             "ping over memcached"
         );
         assert!(plan(&["--protocol", "memcached", "--workload", "mixed"]).is_ok());
+        assert!(plan(&["--protocol", "memcached", "--workload", "delete"]).is_ok());
+        let p = plan(&[
+            "--protocol",
+            "memcached",
+            "--workload",
+            "mixed",
+            "--mix",
+            "get:8,set:1,delete:1",
+            "--multiget",
+            "16",
+            "--prefill",
+        ])
+        .unwrap();
+        assert_eq!(p.multiget, 16);
+        assert!(p.gets_may_miss(), "deletes make prefilled gets miss");
+        assert!(p.describe().contains("16 keys per get"), "{}", p.describe());
+        assert!(
+            plan(&["--workload", "get", "--multiget", "2"]).is_err(),
+            "multiget over percore"
+        );
+        assert!(plan(&[
+            "--protocol",
+            "memcached",
+            "--workload",
+            "set",
+            "--multiget",
+            "2"
+        ])
+        .is_err());
+        assert!(plan(&[
+            "--protocol",
+            "memcached",
+            "--workload",
+            "get",
+            "--multiget",
+            "0"
+        ])
+        .is_err());
+        assert!(plan(&[
+            "--protocol",
+            "memcached",
+            "--workload",
+            "get",
+            "--multiget",
+            "257"
+        ])
+        .is_err());
+        assert!(plan(&["--workload", "delete", "--verify-keys"]).is_ok());
+        assert!(!plan(&["--workload", "get", "--prefill"])
+            .unwrap()
+            .gets_may_miss());
         let p = plan(&[
             "--workload",
             "mixed",

@@ -1,15 +1,15 @@
 //! The two wire protocols the load generator speaks, reduced to what a run needs: encode a
 //! request, and split the next reply off a receive buffer as a borrowed [`Reply`].
 //!
-//! The percore protocol goes entirely through `percore::protocol` (the one implementation of
-//! the FlatBuffers format). The memcached text protocol (get and set only) is a small codec
-//! written here, so the same runs can measure memcached side by side. Nothing a server sends
-//! can make parsing panic: anything unexpected becomes a reply the checker counts as wrong, or
+//! Both go entirely through the library's one implementation of each protocol:
+//! `percore::protocol` (the FlatBuffers format) and `percore::memcache::client` (memcached's
+//! text protocol, so the same runs can measure memcached side by side). What is left here maps
+//! their replies onto the [`Body`] the checker judges. Nothing a server sends can make parsing
+//! panic: anything unexpected becomes a reply the checker counts as wrong, or
 //! [`Parsed::Broken`] when the byte stream itself can no longer be trusted.
 
-use std::fmt::Write as _;
-
 use bytes::BytesMut;
+use percore::memcache::client::{self as memcache, StoreCommand, StoreOptions};
 use percore::protocol::frame::{self, Peek};
 use percore::protocol::{Algo, Op, ReplyView, RequestEncoder, ResponseView, Status};
 
@@ -21,7 +21,7 @@ pub const MAX_REPLY_FRAME: usize = percore::client::MAX_RESPONSE_FRAME;
 pub enum ProtocolKind {
     /// percore's length-prefixed FlatBuffers protocol
     Percore,
-    /// the memcached text protocol (get and set only)
+    /// the memcached text protocol (get, multi-key get, set and delete)
     Memcached,
 }
 
@@ -34,9 +34,18 @@ pub enum Request<'a> {
     Get {
         key: &'a [u8],
     },
+    /// One get of several keys (memcached only): `keys` holds them back to back, each
+    /// `key_len` bytes.
+    MultiGet {
+        keys: &'a [u8],
+        key_len: usize,
+    },
     Set {
         key: &'a [u8],
         value: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
     },
     Compute {
         algo: Algo,
@@ -56,12 +65,19 @@ pub enum ReplyTo {
     Unknown,
 }
 
-/// What a reply says, borrowing from the receive buffer.
+/// What a reply says, borrowing from the receive buffer. The memcached replies keep their own
+/// variants so that, say, a `DELETED` answering a set is caught as the wrong reply it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body<'a> {
-    /// Success without a body (a set).
+    /// percore's success without a body (a set or a delete).
     Done,
-    /// The key is absent.
+    /// memcached's `STORED`.
+    Stored,
+    /// memcached's `DELETED`.
+    Deleted,
+    /// memcached's `END`: the get's values, if any, came before it.
+    End,
+    /// The key is absent: percore's NotFound, memcached's `NOT_FOUND`.
     NotFound,
     /// A value, and the key the server says it belongs to when the protocol names it.
     Value {
@@ -83,10 +99,12 @@ pub enum Body<'a> {
 pub enum Parsed<'a> {
     /// More bytes are needed.
     Incomplete,
-    /// One reply, `len` bytes long.
+    /// One reply, `len` bytes long. Not `last` when more of the same request's reply follows
+    /// (memcached's VALUE items, before END).
     Reply {
         len: usize,
         to: ReplyTo,
+        last: bool,
         body: Body<'a>,
     },
     /// The stream cannot be parsed any further; the connection must be dropped.
@@ -114,6 +132,12 @@ impl Codec {
                 let op = match *request {
                     Request::Ping { payload } => Op::Ping { payload },
                     Request::Get { key } => Op::Get { key },
+                    // Refused when the command line is checked: percore has no multi-key get.
+                    // Kept total: the first key alone makes a reply the checker counts short.
+                    Request::MultiGet { keys, key_len } => Op::Get {
+                        key: keys.get(..key_len).unwrap_or(keys),
+                    },
+                    Request::Delete { key } => Op::Delete { key },
                     Request::Set { key, value } => Op::Set {
                         key,
                         value,
@@ -154,6 +178,7 @@ fn parse_percore(input: &[u8]) -> Parsed<'_> {
         return Parsed::Reply {
             len,
             to: ReplyTo::Unknown,
+            last: true,
             body: Body::Invalid,
         };
     };
@@ -169,91 +194,66 @@ fn parse_percore(input: &[u8]) -> Parsed<'_> {
     Parsed::Reply {
         len,
         to: ReplyTo::Id(view.id),
+        last: true,
         body,
     }
 }
-
-/// A text line longer than this without its CRLF means the stream is not memcached replies.
-const MAX_MEMCACHED_LINE: usize = 2048;
 
 fn encode_memcached(request: &Request<'_>, out: &mut BytesMut) {
     // Keys are printable ASCII (see `workload::write_key`), as the text protocol requires.
     match *request {
-        Request::Get { key: k } => {
-            out.extend_from_slice(b"get ");
-            out.extend_from_slice(k);
-            out.extend_from_slice(b"\r\n");
+        Request::Get { key } => memcache::get(out, [key]),
+        Request::MultiGet { keys, key_len } => memcache::get(out, keys.chunks(key_len.max(1))),
+        Request::Set { key, value } => {
+            memcache::store(out, StoreCommand::Set, key, value, StoreOptions::default());
         }
-        Request::Set { key: k, value } => {
-            out.extend_from_slice(b"set ");
-            out.extend_from_slice(k);
-            // Writing into a BytesMut cannot fail.
-            let _ = write!(out, " 0 0 {}\r\n", value.len());
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
+        Request::Delete { key } => memcache::delete(out, key, false),
         // Refused when the command line is checked; kept total so a mistake is a wrong reply,
         // not a panic.
-        Request::Ping { .. } | Request::Compute { .. } => {
-            out.extend_from_slice(b"version\r\n");
-        }
+        Request::Ping { .. } | Request::Compute { .. } => memcache::version(out),
     }
 }
 
 fn parse_memcached(input: &[u8]) -> Parsed<'_> {
-    let Some(eol) = input.windows(2).position(|w| w == b"\r\n") else {
-        if input.len() > MAX_MEMCACHED_LINE {
-            return Parsed::Broken("a memcached reply line without CRLF".into());
-        }
-        return Parsed::Incomplete;
+    let (reply, len) = match memcache::parse_reply(input) {
+        memcache::Parsed::Incomplete => return Parsed::Incomplete,
+        memcache::Parsed::Broken(why) => return Parsed::Broken(why.to_string()),
+        memcache::Parsed::Reply { reply, len } => (reply, len),
     };
-    let line = &input[..eol];
-    let after_line = eol + 2;
-    let reply = |len, body| Parsed::Reply {
+    let body = match reply {
+        // Items of a get's reply: END, not the VALUE, answers the request.
+        memcache::Reply::Value(v) => {
+            return Parsed::Reply {
+                len,
+                to: ReplyTo::Oldest,
+                last: false,
+                body: Body::Value {
+                    value: v.data,
+                    key: Some(v.key),
+                },
+            }
+        }
+        memcache::Reply::End => Body::End,
+        memcache::Reply::Stored => Body::Stored,
+        memcache::Reply::Deleted => Body::Deleted,
+        memcache::Reply::NotFound => Body::NotFound,
+        memcache::Reply::NotStored | memcache::Reply::ServerError(_) => {
+            Body::Failed(Status::Internal)
+        }
+        memcache::Reply::Error(_) | memcache::Reply::ClientError(_) => {
+            Body::Failed(Status::BadRequest)
+        }
+        memcache::Reply::Exists
+        | memcache::Reply::Touched
+        | memcache::Reply::Ok
+        | memcache::Reply::Number(_)
+        | memcache::Reply::Version(_) => Body::Unexpected,
+    };
+    Parsed::Reply {
         len,
         to: ReplyTo::Oldest,
+        last: true,
         body,
-    };
-    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
-    match words.next().unwrap_or(b"") {
-        b"STORED" => reply(after_line, Body::Done),
-        b"END" => reply(after_line, Body::NotFound),
-        b"NOT_STORED" | b"SERVER_ERROR" => reply(after_line, Body::Failed(Status::Internal)),
-        b"ERROR" | b"CLIENT_ERROR" => reply(after_line, Body::Failed(Status::BadRequest)),
-        b"VALUE" => {
-            let key = words.next();
-            let _flags = words.next();
-            let bytes = words
-                .next()
-                .and_then(|w| std::str::from_utf8(w).ok())
-                .and_then(|w| w.parse::<usize>().ok());
-            let (Some(key), Some(bytes)) = (key, bytes) else {
-                return Parsed::Broken("a malformed memcached VALUE line".into());
-            };
-            if bytes > MAX_REPLY_FRAME {
-                return Parsed::Broken(format!("a memcached value of {bytes} bytes"));
-            }
-            // VALUE line, data, CRLF, then END CRLF (one key per get).
-            let data_end = after_line + bytes;
-            let total = data_end + 2 + 5;
-            if input.len() < total {
-                return Parsed::Incomplete;
-            }
-            if &input[data_end..total] != b"\r\nEND\r\n" {
-                return Parsed::Broken("a memcached value not followed by END".into());
-            }
-            reply(
-                total,
-                Body::Value {
-                    value: &input[after_line..data_end],
-                    key: Some(key),
-                },
-            )
-        }
-        _ => Parsed::Broken(format!(
-            "an unexpected memcached reply: {:?}",
-            String::from_utf8_lossy(&line[..line.len().min(80)])
-        )),
     }
 }
 
@@ -275,24 +275,42 @@ mod tests {
             },
             &mut out,
         );
-        assert_eq!(&out[..], b"get k1\r\nset k2 0 0 4\r\nab\r\n\r\n");
+        codec.encode(
+            3,
+            &Request::MultiGet {
+                keys: b"k1k2k3",
+                key_len: 2,
+            },
+            &mut out,
+        );
+        codec.encode(4, &Request::Delete { key: b"k3" }, &mut out);
+        assert_eq!(
+            &out[..],
+            b"get k1\r\nset k2 0 0 4\r\nab\r\n\r\nget k1 k2 k3\r\ndelete k3\r\n"
+        );
     }
 
     #[test]
     fn memcached_replies_parse_in_pieces() {
         let codec = Codec::new(ProtocolKind::Memcached);
-        let stream = b"STORED\r\nEND\r\nVALUE k1 0 4\r\nab\r\n\r\nEND\r\nSERVER_ERROR oom\r\n";
+        let stream = b"STORED\r\nEND\r\nVALUE k1 0 4\r\nab\r\n\r\nEND\r\nDELETED\r\nNOT_FOUND\r\n\
+SERVER_ERROR oom\r\nVERSION 1\r\n";
         let mut at = 0;
-        let mut bodies = Vec::new();
+        let mut items = Vec::new();
         while at < stream.len() {
             // Every prefix of a reply is incomplete, never broken.
             let mut end = at + 1;
             loop {
                 match codec.parse(&stream[at..end]) {
                     Parsed::Incomplete => end += 1,
-                    Parsed::Reply { len, to, body } => {
+                    Parsed::Reply {
+                        len,
+                        to,
+                        last,
+                        body,
+                    } => {
                         assert_eq!(to, ReplyTo::Oldest);
-                        bodies.push(body);
+                        items.push((last, body));
                         at += len;
                         break;
                     }
@@ -301,15 +319,22 @@ mod tests {
             }
         }
         assert_eq!(
-            bodies,
+            items,
             [
-                Body::Done,
-                Body::NotFound,
-                Body::Value {
-                    value: b"ab\r\n",
-                    key: Some(b"k1")
-                },
-                Body::Failed(Status::Internal),
+                (true, Body::Stored),
+                (true, Body::End),
+                (
+                    false,
+                    Body::Value {
+                        value: b"ab\r\n",
+                        key: Some(b"k1")
+                    }
+                ),
+                (true, Body::End),
+                (true, Body::Deleted),
+                (true, Body::NotFound),
+                (true, Body::Failed(Status::Internal)),
+                (true, Body::Unexpected),
             ]
         );
     }
@@ -324,7 +349,10 @@ mod tests {
             codec.parse(b"VALUE k 0 1\r\nab\r\nEND\r\n"),
             Parsed::Broken(_)
         ));
-        assert!(matches!(codec.parse(&[b'x'; 3000]), Parsed::Broken(_)));
+        match codec.parse(&[b'x'; 5000]) {
+            Parsed::Broken(why) => assert!(why.contains("without CRLF"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -343,8 +371,13 @@ mod tests {
         let first = out.len();
         enc.ok(4, &Reply::Empty, &mut out);
         match codec.parse(&out) {
-            Parsed::Reply { len, to, body } => {
-                assert_eq!((len, to), (first, ReplyTo::Id(9)));
+            Parsed::Reply {
+                len,
+                to,
+                last,
+                body,
+            } => {
+                assert_eq!((len, to, last), (first, ReplyTo::Id(9), true));
                 assert_eq!(
                     body,
                     Body::Value {
@@ -375,6 +408,7 @@ mod tests {
             Parsed::Reply {
                 len: 8,
                 to: ReplyTo::Unknown,
+                last: true,
                 body: Body::Invalid
             }
         ));

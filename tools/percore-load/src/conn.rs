@@ -13,9 +13,16 @@
 //! as in a shutdown that answered everything sent), or with requests in flight, which are then
 //! lost. A `ShuttingDown` reply is no error; the slot sends nothing more after one.
 //!
-//! With `--verify-keys` a slot sets only its own keys (those equal to its index modulo the
-//! connections), remembers per key the last acknowledged set by request id (its sets of a key
-//! reach the owner core in the order sent), and after the run reads every such key back.
+//! Memcached has no ids: its replies come in the order sent, so each socket keeps its ids in
+//! flight in a queue, and a get's reply arrives as items (a VALUE per key found, then END). A
+//! multi-key get (`--multiget`) is one request whose keys each count as an operation; its
+//! keys wait in the socket's queue of keys, each VALUE must be for the next key asked or a
+//! later one (the ones passed over are misses), and END settles the rest as misses.
+//!
+//! With `--verify-keys` a slot sets and deletes only its own keys (those equal to its index
+//! modulo the connections), remembers per key the last acknowledged set or delete by request
+//! id (its writes of a key reach the owner core in the order sent), and after the run reads
+//! every such key back.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -259,6 +266,31 @@ impl Schedule {
         }
     }
 
+    /// Up to `wanted` more of the schedule's requests, to go out with the one just due as the
+    /// extra keys of a multi-key get. Closed loop: out of the quota (warmup has none). Open
+    /// loop: this slot's next requests, sent early, so their latency is counted from the
+    /// first one's intended time. Prefill and verify send one key per request.
+    fn take_more(&mut self, wanted: u64, phase: Phase) -> u64 {
+        match self {
+            Schedule::Closed {
+                quota: Some(left), ..
+            } if phase == Phase::Measured => {
+                let n = wanted.min(*left);
+                *left -= n;
+                n
+            }
+            Schedule::Closed { .. } => wanted,
+            Schedule::Open { .. } => {
+                let n = wanted.min(self.unsent());
+                if let Schedule::Open { k, .. } = self {
+                    *k += n;
+                }
+                n
+            }
+            Schedule::Prefill { .. } | Schedule::Verify { .. } => 0,
+        }
+    }
+
     /// When the next request falls due, for schedules with a clock.
     fn next_at(&self) -> Option<Instant> {
         match self {
@@ -340,12 +372,17 @@ struct Link {
 }
 
 /// A request in flight.
+#[derive(Clone, Copy)]
 struct Pending {
     op: LoadOp,
     phase: Phase,
     intended: Instant,
     sent: Instant,
-    /// Get/set: the key's index; ping: the payload's offset in the pool; compute: the case.
+    /// Keys asked for: more than 1 for a multi-key get, whose keys wait in its socket's
+    /// [`InOrder::keys`].
+    keys: u32,
+    /// Get/set/delete: the (first) key's index; ping: the payload's offset in the pool;
+    /// compute: the case.
     arg: u64,
     /// Ping: the payload's length; set: the value's.
     len: usize,
@@ -353,13 +390,36 @@ struct Pending {
     content: usize,
 }
 
-/// The last acknowledged set of one key (--verify-keys): enough to write its value again.
+/// The last acknowledged write of one key (--verify-keys): enough to write its value again.
 #[derive(Debug, Clone, Copy, Default)]
 struct Acked {
-    /// The set's request id; 0 for a key never acknowledged (ids start at 1).
+    /// The write's request id; 0 for a key never acknowledged (ids start at 1).
     id: u64,
     content: u32,
     len: u32,
+    /// The write was a delete: the key must be absent.
+    deleted: bool,
+}
+
+/// What a socket whose replies come in order (memcached) is waiting for.
+#[derive(Default)]
+struct InOrder {
+    /// Ids in flight, oldest first.
+    ids: VecDeque<u64>,
+    /// The keys of the multi-key gets in flight, oldest first, back to back.
+    keys: VecDeque<u64>,
+    /// How far the oldest request's reply has come.
+    front: Partial,
+}
+
+/// A get's reply so far: the VALUE items before its END.
+#[derive(Debug, Clone, Copy, Default)]
+struct Partial {
+    /// The first key a VALUE may still be for; those before it were found or passed over.
+    next: u32,
+    /// Keys with a right value, and with a wrong one (counted as errors when they came).
+    hits: u32,
+    wrong: u32,
 }
 
 /// Everything about a slot but its sockets, so replies borrowed from a socket's buffer can be
@@ -370,8 +430,11 @@ struct Book {
     index: u64,
     codec: Codec,
     pending: HashMap<u64, Pending>,
-    /// Memcached answers in order: the ids in flight on each socket, oldest first.
-    fifos: Vec<VecDeque<u64>>,
+    /// Memcached answers in order: per socket, what its replies answer.
+    ordered: Vec<InOrder>,
+    /// A multi-key get being encoded: its key indexes, and the keys back to back.
+    batch: Vec<u64>,
+    batch_keys: Vec<u8>,
     next_id: u64,
     rng: fastrand::Rng,
     topology: Option<Topology>,
@@ -380,7 +443,7 @@ struct Book {
     last_progress: Instant,
     /// A `ShuttingDown` reply came: send nothing more, collect what is in flight.
     stopping: bool,
-    /// --verify-keys: the last acknowledged set of each of this slot's keys, key `index +
+    /// --verify-keys: the last acknowledged write of each of this slot's keys, key `index +
     /// i * connections` at `i`; empty without the flag.
     acked: Vec<Acked>,
 }
@@ -450,7 +513,9 @@ impl Slot {
             acked,
             codec: Codec::new(plan.protocol),
             pending: HashMap::with_capacity(plan.pipeline.max(PREFILL_PIPELINE)),
-            fifos: links.iter().map(|_| VecDeque::new()).collect(),
+            ordered: links.iter().map(|_| InOrder::default()).collect(),
+            batch: Vec::new(),
+            batch_keys: Vec::new(),
             next_id: 1,
             rng,
             topology,
@@ -534,7 +599,15 @@ impl Slot {
                         rec.counts.max_send_lag_ns = rec.counts.max_send_lag_ns.max(lag_ns);
                     }
                 }
-                self.issue(due, now);
+                let op = self.book.pick(due.phase);
+                let multiget = self.book.ctx.plan.multiget as u64;
+                let keys = match (op, due.phase) {
+                    (LoadOp::Get, Phase::Warmup | Phase::Measured) if multiget > 1 => {
+                        1 + schedule.take_more(multiget - 1, due.phase)
+                    }
+                    _ => 1,
+                };
+                self.issue(due, op, keys as usize, now);
             }
             if self.book.pending.len() >= pipeline {
                 was_full = true;
@@ -604,8 +677,13 @@ impl Slot {
             match self.book.codec.parse(&link.input) {
                 Parsed::Incomplete => return Ok(()),
                 Parsed::Broken(why) => return Err(why),
-                Parsed::Reply { len, to, body } => {
-                    self.book.on_reply(i, to, body, now);
+                Parsed::Reply {
+                    len,
+                    to,
+                    last,
+                    body,
+                } => {
+                    self.book.on_reply(i, to, last, body, now);
                     link.input.advance(len);
                 }
             }
@@ -615,10 +693,23 @@ impl Slot {
     /// The connection is over: every request in flight is lost. The server closing it with
     /// nothing in flight is a clean end, not an error.
     fn end(&mut self, how: End) {
-        let lost = self.book.pending.len() as u64;
+        // Every key asked for, but those whose wrong value was already counted.
+        let asked: u64 = self.book.pending.values().map(|p| u64::from(p.keys)).sum();
+        let judged: u64 = self
+            .book
+            .ordered
+            .iter()
+            .filter(|o| {
+                o.ids
+                    .front()
+                    .is_some_and(|id| self.book.pending.contains_key(id))
+            })
+            .map(|o| u64::from(o.front.wrong))
+            .sum();
+        let lost = asked.saturating_sub(judged);
         let mut rec = self.book.ctx.recorder.borrow_mut();
         match how {
-            End::Closed if lost == 0 => rec.counts.closed_clean += 1,
+            End::Closed if self.book.pending.is_empty() => rec.counts.closed_clean += 1,
             End::Closed | End::Failed => rec.error(ErrorKind::ConnectionLost, 1),
             End::TimedOut => rec.error(ErrorKind::Timeout, 1),
         }
@@ -626,19 +717,18 @@ impl Slot {
             rec.error(ErrorKind::Lost, lost);
         }
         self.book.pending.clear();
+        for o in &mut self.book.ordered {
+            *o = InOrder::default();
+        }
         self.dead = true;
     }
 
-    /// Encodes one request into the output of the socket its key belongs to.
-    fn issue(&mut self, due: Due, now: Instant) {
+    /// Encodes one request (of `keys` keys for a get) into the output of the socket its key
+    /// belongs to.
+    fn issue(&mut self, due: Due, op: LoadOp, keys: usize, now: Instant) {
         let book = &mut self.book;
         let ctx = &*book.ctx;
         let plan = &ctx.plan;
-        let op = match due.phase {
-            Phase::Prefill => LoadOp::Set,
-            Phase::Verify => LoadOp::Get,
-            Phase::Warmup | Phase::Measured => plan.mix.pick(&mut book.rng),
-        };
         let id = book.next_id;
         book.next_id += 1;
         let arg;
@@ -654,24 +744,44 @@ impl Slot {
                     payload: &ctx.pool[offset..offset + len],
                 }
             }
-            LoadOp::Get | LoadOp::Set => {
+            LoadOp::Get if keys > 1 => {
+                book.batch.clear();
+                book.batch_keys.clear();
+                for i in 0..keys {
+                    let index = match (i, due.key) {
+                        (0, Some(key)) => key,
+                        _ => ctx.keys.sample(&mut book.rng),
+                    };
+                    book.batch.push(index);
+                    let key = write_key(index, plan.key_size, &mut book.key);
+                    book.batch_keys.extend_from_slice(key);
+                }
+                arg = book.batch[0];
+                Request::MultiGet {
+                    keys: &book.batch_keys,
+                    key_len: plan.key_size,
+                }
+            }
+            LoadOp::Get | LoadOp::Set | LoadOp::Delete => {
                 let mut index = due.key.unwrap_or_else(|| ctx.keys.sample(&mut book.rng));
-                if op == LoadOp::Set && !book.acked.is_empty() {
+                if op != LoadOp::Get && !book.acked.is_empty() {
                     index = own_key(index, book.index, plan.connections as u64, plan.keys);
                 }
                 arg = index;
                 let key = write_key(index, plan.key_size, &mut book.key);
                 key_bytes = Some(key);
-                if op == LoadOp::Get {
-                    Request::Get { key }
-                } else {
-                    let size = plan.value_size.pick(&mut book.rng);
-                    let offset = book.rng.usize(0..=ctx.pool.len() - size);
-                    (len, content) = (size, offset);
-                    make_value(key, &ctx.pool[offset..], size, &mut book.value);
-                    Request::Set {
-                        key,
-                        value: &book.value,
+                match op {
+                    LoadOp::Get => Request::Get { key },
+                    LoadOp::Delete => Request::Delete { key },
+                    _ => {
+                        let size = plan.value_size.pick(&mut book.rng);
+                        let offset = book.rng.usize(0..=ctx.pool.len() - size);
+                        (len, content) = (size, offset);
+                        make_value(key, &ctx.pool[offset..], size, &mut book.value);
+                        Request::Set {
+                            key,
+                            value: &book.value,
+                        }
                     }
                 }
             }
@@ -686,6 +796,7 @@ impl Slot {
                 }
             }
         };
+        // A multi-key get is memcached's, which has no topology: it goes to socket 0.
         let link = match (&book.topology, key_bytes) {
             (Some(topology), Some(key)) => topology.owner_of(key).min(self.links.len() - 1),
             (Some(_), None) => book.rng.usize(0..self.links.len()),
@@ -694,7 +805,11 @@ impl Slot {
         book.codec
             .encode(id, &request, &mut self.links[link].output);
         if plan.protocol == ProtocolKind::Memcached {
-            book.fifos[link].push_back(id);
+            let ordered = &mut book.ordered[link];
+            ordered.ids.push_back(id);
+            if keys > 1 {
+                ordered.keys.extend(&book.batch);
+            }
         }
         if book.pending.is_empty() {
             book.last_progress = now;
@@ -706,13 +821,14 @@ impl Slot {
                 phase: due.phase,
                 intended: due.intended,
                 sent: now,
+                keys: keys as u32,
                 arg,
                 len,
                 content,
             },
         );
         let mut rec = ctx.recorder.borrow_mut();
-        rec.sent(due.phase);
+        rec.sent(due.phase, keys as u64);
         if due.phase == Phase::Verify {
             rec.counts.verify_checked += 1;
         }
@@ -720,44 +836,192 @@ impl Slot {
 }
 
 impl Book {
-    fn on_reply(&mut self, link: usize, to: ReplyTo, body: Body<'_>, now: Instant) {
-        let id = match to {
-            ReplyTo::Id(id) => id,
-            ReplyTo::Oldest => match self.fifos[link].pop_front() {
-                Some(id) => id,
+    /// The operation of the next request due in `phase`.
+    fn pick(&mut self, phase: Phase) -> LoadOp {
+        match phase {
+            Phase::Prefill => LoadOp::Set,
+            Phase::Verify => LoadOp::Get,
+            Phase::Warmup | Phase::Measured => self.ctx.plan.mix.pick(&mut self.rng),
+        }
+    }
+
+    /// One reply item from socket `link`; `last` when it ends its request's reply.
+    fn on_reply(&mut self, link: usize, to: ReplyTo, last: bool, body: Body<'_>, now: Instant) {
+        let (id, in_order) = match to {
+            ReplyTo::Id(id) => (id, false),
+            ReplyTo::Oldest => match self.ordered[link].ids.front() {
+                Some(&id) => (id, true),
                 None => {
-                    self.ctx
-                        .recorder
-                        .borrow_mut()
-                        .error(ErrorKind::UnknownId, 1);
+                    self.error(ErrorKind::UnknownId, 1);
                     return;
                 }
             },
             ReplyTo::Unknown => {
-                self.ctx
-                    .recorder
-                    .borrow_mut()
-                    .error(ErrorKind::InvalidFrame, 1);
+                self.error(ErrorKind::InvalidFrame, 1);
                 return;
             }
         };
-        let Some(p) = self.pending.remove(&id) else {
-            self.ctx
-                .recorder
-                .borrow_mut()
-                .error(ErrorKind::UnknownId, 1);
+        let Some(&p) = self.pending.get(&id) else {
+            self.error(ErrorKind::UnknownId, 1);
             return;
         };
         self.last_progress = now;
+        let mut partial = if in_order {
+            self.ordered[link].front
+        } else {
+            Partial::default()
+        };
+        if p.op == LoadOp::Get {
+            if let Body::Value { value, key } = body {
+                self.on_value(&p, link, &mut partial, key, value);
+                if !last && in_order {
+                    self.ordered[link].front = partial;
+                    return;
+                }
+            }
+        }
+        // The request's reply is complete (a VALUE answering anything but a get is its whole,
+        // wrong, reply).
+        self.pending.remove(&id);
+        if in_order {
+            let ordered = &mut self.ordered[link];
+            ordered.ids.pop_front();
+            ordered.front = Partial::default();
+        }
         if let Body::Failed(Status::ShuttingDown) = body {
             // Not run: the server is stopping. Nothing more goes to it on this connection.
             self.ctx.recorder.borrow_mut().counts.shutting_down += 1;
             self.stopping = true;
+        } else if p.op == LoadOp::Get {
+            self.finish_get(&p, partial, body, now);
+        } else {
+            self.finish(id, &p, body, now);
+        }
+        if p.keys > 1 {
+            let keys = &mut self.ordered[link].keys;
+            keys.drain(..keys.len().min(p.keys as usize));
+        }
+    }
+
+    /// The index of key `i` of get `p` on socket `link`.
+    fn key_index(&self, p: &Pending, link: usize, i: u32) -> Option<u64> {
+        if p.keys > 1 {
+            self.ordered[link].keys.get(i as usize).copied()
+        } else {
+            (i == 0).then_some(p.arg)
+        }
+    }
+
+    /// A value answering get `p`. memcached names its key, which must be the next key asked
+    /// for or a later one (those passed over are misses); percore's answers the key asked.
+    fn on_value(
+        &mut self,
+        p: &Pending,
+        link: usize,
+        partial: &mut Partial,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) {
+        let key_size = self.ctx.plan.key_size;
+        let mut found = None;
+        for i in partial.next..p.keys {
+            let Some(index) = self.key_index(p, link, i) else {
+                break;
+            };
+            if key.is_none_or(|k| k == write_key(index, key_size, &mut self.key)) {
+                found = Some((i, index));
+                break;
+            }
+        }
+        let Some((i, index)) = found else {
+            // A key not asked for, one already answered, or one out of order.
+            self.error(ErrorKind::WrongBody, 1);
+            return;
+        };
+        partial.next = i + 1;
+        match self.check_value(p.phase, index, value) {
+            Ok(()) => partial.hits += 1,
+            Err(kind) => {
+                partial.wrong += 1;
+                self.error(kind, 1);
+            }
+        }
+    }
+
+    /// Whether `value` is right for key `index`: intact, and in the --verify-keys pass the
+    /// very value of its last acknowledged set.
+    fn check_value(&mut self, phase: Phase, index: u64, value: &[u8]) -> Result<(), ErrorKind> {
+        let ctx = &*self.ctx;
+        let expected = write_key(index, ctx.plan.key_size, &mut self.key);
+        if !value_is_intact(expected, value) {
+            return Err(ErrorKind::CorruptValue);
+        }
+        if phase != Phase::Verify {
+            return Ok(());
+        }
+        let slots = ctx.plan.connections as u64;
+        let last = self.acked[(index / slots) as usize];
+        if last.deleted {
+            return Err(ErrorKind::VerifyStale);
+        }
+        let (at, len) = (last.content as usize, last.len as usize);
+        make_value(expected, &ctx.pool[at..], len, &mut self.value);
+        if value == self.value.as_slice() {
+            Ok(())
+        } else {
+            Err(ErrorKind::VerifyStale)
+        }
+    }
+
+    /// The end of get `p`'s reply: every key without a value so far is a miss if `body` ends it
+    /// rightly, and wrong otherwise. Each key counts once, as an operation or as an error.
+    fn finish_get(&mut self, p: &Pending, partial: Partial, body: Body<'_>, now: Instant) {
+        let ctx = &*self.ctx;
+        let (hits, wrong) = (u64::from(partial.hits), u64::from(partial.wrong));
+        let missed = u64::from(p.keys).saturating_sub(hits + wrong);
+        let ended = match body {
+            Body::End => Ok(()),
+            // percore's miss; memcached answers a get's miss with END, never NOT_FOUND.
+            Body::NotFound if ctx.plan.protocol == ProtocolKind::Percore => Ok(()),
+            // percore's value, already judged.
+            Body::Value { .. } => Ok(()),
+            Body::Failed(status) => Err(ErrorKind::of_status(status)),
+            Body::Invalid => Err(ErrorKind::InvalidFrame),
+            _ => Err(ErrorKind::WrongBody),
+        };
+        let mut rec = ctx.recorder.borrow_mut();
+        if p.phase == Phase::Verify {
+            let slots = ctx.plan.connections as u64;
+            let deleted = self.acked[(p.arg / slots) as usize].deleted;
+            rec.counts.verified += hits;
+            match ended {
+                Ok(()) if missed > 0 && !deleted => rec.error(ErrorKind::VerifyMissing, missed),
+                Ok(()) => rec.counts.verified += missed,
+                Err(kind) => rec.error(kind, missed.max(1)),
+            }
             return;
         }
-        let verdict = self.check(&p, body);
-        if verdict.is_ok() && p.op == LoadOp::Set && !self.acked.is_empty() {
-            // A later id is a later set of the key on this connection: it is the newer value.
+        let (ok, misses) = match ended {
+            Ok(()) if missed > 0 && !ctx.plan.gets_may_miss() => {
+                rec.error(ErrorKind::NotFound, missed);
+                (hits, 0)
+            }
+            Ok(()) => (hits + missed, missed),
+            Err(kind) => {
+                // At least one error: a wrong end is wrong even when every key had its value.
+                rec.error(kind, missed.max(1));
+                (hits, 0)
+            }
+        };
+        rec.reply(p.op, p.phase, p.intended, p.sent, now, ok, misses);
+    }
+
+    /// The reply to request `id`, `p`, which is no get.
+    fn finish(&mut self, id: u64, p: &Pending, body: Body<'_>, now: Instant) {
+        let verdict = self.check(p, body);
+        let writes = matches!(p.op, LoadOp::Set | LoadOp::Delete);
+        if verdict.is_ok() && writes && !self.acked.is_empty() {
+            // A later id is a later write of the key on this connection: it is the newer one.
             let slots = self.ctx.plan.connections as u64;
             let acked = &mut self.acked[(p.arg / slots) as usize];
             if id > acked.id {
@@ -765,63 +1029,45 @@ impl Book {
                     id,
                     content: p.content as u32,
                     len: p.len as u32,
+                    deleted: p.op == LoadOp::Delete,
                 };
             }
         }
         let mut rec = self.ctx.recorder.borrow_mut();
         match verdict {
-            Ok(_) if p.phase == Phase::Verify => rec.counts.verified += 1,
-            Ok(miss) => rec.reply(p.op, p.phase, p.intended, p.sent, now, miss),
+            Ok(()) => rec.reply(p.op, p.phase, p.intended, p.sent, now, 1, 0),
             Err(kind) => rec.error(kind, 1),
         }
     }
 
-    /// Whether `body` is a right answer to `p`: `Ok(true)` for an allowed miss.
-    fn check(&mut self, p: &Pending, body: Body<'_>) -> Result<bool, ErrorKind> {
+    /// Whether `body` is a right answer to `p`, which is no get.
+    fn check(&self, p: &Pending, body: Body<'_>) -> Result<(), ErrorKind> {
         let ctx = &*self.ctx;
         match (p.op, body) {
             (_, Body::Failed(status)) => Err(ErrorKind::of_status(status)),
             (_, Body::Invalid) => Err(ErrorKind::InvalidFrame),
-            (LoadOp::Get, Body::NotFound) if p.phase == Phase::Verify => {
-                Err(ErrorKind::VerifyMissing)
-            }
-            (LoadOp::Get, Body::NotFound) if !ctx.plan.prefill => Ok(true),
+            (LoadOp::Set, Body::Done | Body::Stored) => Ok(()),
+            // Absent afterwards either way; a miss is no error (another delete may have won).
+            (LoadOp::Delete, Body::Done | Body::Deleted | Body::NotFound) => Ok(()),
             (_, Body::NotFound) => Err(ErrorKind::NotFound),
-            (LoadOp::Get, Body::Value { value, key }) => {
-                let expected = write_key(p.arg, ctx.plan.key_size, &mut self.key);
-                let right_key = key.is_none_or(|k| k == expected);
-                if !right_key || !value_is_intact(expected, value) {
-                    return Err(ErrorKind::CorruptValue);
-                }
-                if p.phase != Phase::Verify {
-                    return Ok(false);
-                }
-                // Intact; now it must be the very value of the last acknowledged set.
-                let slots = ctx.plan.connections as u64;
-                let last = self.acked[(p.arg / slots) as usize];
-                let (at, len) = (last.content as usize, last.len as usize);
-                make_value(expected, &ctx.pool[at..], len, &mut self.value);
-                if value == self.value.as_slice() {
-                    Ok(false)
-                } else {
-                    Err(ErrorKind::VerifyStale)
-                }
-            }
-            (LoadOp::Set, Body::Done) => Ok(false),
             (LoadOp::Ping, Body::Payload(payload)) => {
                 let offset = p.arg as usize;
                 if ctx.pool.get(offset..offset + p.len) == Some(payload) {
-                    Ok(false)
+                    Ok(())
                 } else {
                     Err(ErrorKind::WrongPayload)
                 }
             }
             (LoadOp::Compute, Body::Digest(digest)) => match ctx.compute.get(p.arg as usize) {
-                Some(case) if case.digest == digest => Ok(false),
+                Some(case) if case.digest == digest => Ok(()),
                 _ => Err(ErrorKind::WrongDigest),
             },
             _ => Err(ErrorKind::WrongBody),
         }
+    }
+
+    fn error(&self, kind: ErrorKind, n: u64) {
+        self.ctx.recorder.borrow_mut().error(kind, n);
     }
 }
 

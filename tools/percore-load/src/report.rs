@@ -455,7 +455,7 @@ pub fn text_report(plan: &Plan, outcome: &Outcome) -> String {
     if plan.verify_keys {
         let _ = writeln!(
             out,
-            "Verified keys: {} of {} read back with their last acknowledged value",
+            "Verified keys: {} of {} read back with their last acknowledged value (or absent after a delete)",
             counts.verified, counts.verify_checked
         );
     }

@@ -37,8 +37,8 @@ pub enum ErrorKind {
     Lost,
     /// A reply to no request in flight (unknown or repeated id).
     UnknownId,
-    /// A get found nothing where the keyspace was prefilled (or a ping/set/compute answered
-    /// NotFound).
+    /// A get found nothing where the keyspace was prefilled and nothing deletes (or a
+    /// ping/set/compute answered NotFound).
     NotFound,
     BadRequest,
     TooLarge,
@@ -135,10 +135,11 @@ impl ErrorKind {
 pub struct Counts {
     /// Correct replies per operation (gets that missed included).
     pub ops: [u64; LoadOp::COUNT],
-    /// Gets answered NotFound where that is allowed (no --prefill).
+    /// Gets answered NotFound where that is allowed (no --prefill, or the workload deletes); a
+    /// multi-key get counts each key it asked for and got no value of.
     pub misses: u64,
     pub errors: [u64; ErrorKind::COUNT],
-    /// Requests sent.
+    /// Requests sent, counting each key of a multi-key get as one.
     pub sent: u64,
     /// Open loop: requests the schedule asked for that were never sent by the end.
     pub unsent: u64,
@@ -233,7 +234,10 @@ impl Recorder {
         }
     }
 
-    /// A correct reply.
+    /// `ops` correct replies of one request (a multi-key get answers one per key, all with
+    /// the request's latency), `misses` of them allowed misses.
+    // One request's times and counts, taken apart at once: a struct would only carry them here.
+    #[allow(clippy::too_many_arguments)]
     pub fn reply(
         &mut self,
         op: LoadOp,
@@ -241,21 +245,23 @@ impl Recorder {
         intended: Instant,
         sent: Instant,
         now: Instant,
-        miss: bool,
+        ops: u64,
+        misses: u64,
     ) {
-        if matches!(phase, Phase::Prefill | Phase::Verify) {
+        if matches!(phase, Phase::Prefill | Phase::Verify) || ops == 0 {
             return;
         }
         let corrected = nanos(now.saturating_duration_since(intended));
-        self.interval[op.index()].saturating_record(corrected);
-        self.interval_counts.ops[op.index()] += 1;
+        self.interval[op.index()].saturating_record_n(corrected, ops);
+        self.interval_counts.ops[op.index()] += ops;
         if phase != Phase::Measured {
             return;
         }
-        self.latency[op.index()].saturating_record(corrected);
-        self.service[op.index()].saturating_record(nanos(now.saturating_duration_since(sent)));
-        self.counts.ops[op.index()] += 1;
-        self.counts.misses += u64::from(miss);
+        self.latency[op.index()].saturating_record_n(corrected, ops);
+        let service = nanos(now.saturating_duration_since(sent));
+        self.service[op.index()].saturating_record_n(service, ops);
+        self.counts.ops[op.index()] += ops;
+        self.counts.misses += misses;
         self.last_reply = Some(now);
     }
 
@@ -265,9 +271,10 @@ impl Recorder {
         self.interval_counts.errors[kind as usize] += n;
     }
 
-    pub fn sent(&mut self, phase: Phase) {
+    /// A request sent, of `ops` operations (keys, for a multi-key get).
+    pub fn sent(&mut self, phase: Phase, ops: u64) {
         if phase == Phase::Measured {
-            self.counts.sent += 1;
+            self.counts.sent += ops;
         }
     }
 
@@ -323,9 +330,9 @@ mod tests {
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_millis(3);
         let t2 = t0 + Duration::from_millis(5);
-        r.reply(LoadOp::Get, Phase::Prefill, t0, t0, t2, false);
-        r.reply(LoadOp::Get, Phase::Warmup, t0, t0, t2, false);
-        r.reply(LoadOp::Get, Phase::Measured, t0, t1, t2, true);
+        r.reply(LoadOp::Get, Phase::Prefill, t0, t0, t2, 1, 0);
+        r.reply(LoadOp::Get, Phase::Warmup, t0, t0, t2, 1, 0);
+        r.reply(LoadOp::Get, Phase::Measured, t0, t1, t2, 1, 1);
         r.error(ErrorKind::CorruptValue, 1);
         assert_eq!(r.counts.ops[LoadOp::Get.index()], 1);
         assert_eq!(r.counts.misses, 1);
@@ -343,5 +350,12 @@ mod tests {
         assert_eq!(total.counts.total_ops(), 2);
         assert_eq!(total.counts.total_errors(), 2);
         assert_eq!(total.latency[1].len(), 2);
+        // A multi-key get: one entry per key, all with the request's latency.
+        let mut r = Recorder::new();
+        r.reply(LoadOp::Get, Phase::Measured, t0, t1, t2, 16, 3);
+        assert_eq!(r.counts.ops[LoadOp::Get.index()], 16);
+        assert_eq!(r.counts.misses, 3);
+        assert_eq!(r.latency[1].len(), 16);
+        assert!(r.latency[1].equivalent(r.latency[1].min(), r.latency[1].max()));
     }
 }

@@ -14,13 +14,19 @@ pub enum LoadOp {
     Ping,
     Get,
     Set,
+    Delete,
     Compute,
 }
 
 impl LoadOp {
-    pub const COUNT: usize = 4;
-    pub const ALL: [LoadOp; LoadOp::COUNT] =
-        [LoadOp::Ping, LoadOp::Get, LoadOp::Set, LoadOp::Compute];
+    pub const COUNT: usize = 5;
+    pub const ALL: [LoadOp; LoadOp::COUNT] = [
+        LoadOp::Ping,
+        LoadOp::Get,
+        LoadOp::Set,
+        LoadOp::Delete,
+        LoadOp::Compute,
+    ];
 
     pub fn index(self) -> usize {
         self as usize
@@ -31,6 +37,7 @@ impl LoadOp {
             LoadOp::Ping => "ping",
             LoadOp::Get => "get",
             LoadOp::Set => "set",
+            LoadOp::Delete => "delete",
             LoadOp::Compute => "compute",
         }
     }
@@ -98,8 +105,9 @@ impl FromStr for Mix {
             let (name, weight) = part
                 .split_once(':')
                 .ok_or_else(|| format!("`{part}` is not OP:WEIGHT (example: get:90,set:10)"))?;
-            let op = LoadOp::parse(name.trim())
-                .ok_or_else(|| format!("unknown operation `{name}` (ping, get, set, compute)"))?;
+            let op = LoadOp::parse(name.trim()).ok_or_else(|| {
+                format!("unknown operation `{name}` (ping, get, set, delete, compute)")
+            })?;
             let weight: u32 = weight
                 .trim()
                 .parse()
@@ -381,6 +389,12 @@ mod tests {
         assert!("get:0".parse::<Mix>().is_err());
         assert!("fetch:3".parse::<Mix>().is_err());
         assert!("get".parse::<Mix>().is_err());
+        let deletes: Mix = "delete:1,get:8,set:1".parse().unwrap();
+        assert_eq!(
+            deletes.ops(),
+            vec![LoadOp::Get, LoadOp::Set, LoadOp::Delete]
+        );
+        assert_eq!(deletes.to_string(), "get:8,set:1,delete:1");
     }
 
     #[test]

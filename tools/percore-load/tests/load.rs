@@ -3,8 +3,10 @@
 //! targets, detection of corrupted and lost replies, `--verify-keys` (and that it catches a
 //! stale or evicted value), a SIGTERM to the server under full load (nothing it read goes
 //! unanswered, and percore-load accounts for every request), the coordinated-omission
-//! correction under a stopped server, the accuracy of a fixed rate, and the memcached protocol
-//! against an in-test fake (and a real memcached when one is installed).
+//! correction under a stopped server, the accuracy of a fixed rate, and the memcached protocol:
+//! against an in-test fake (including multi-key gets answered out of order or with keys not
+//! asked for), and against a real memcached, which must be installed. The memcached checks
+//! take the server under test as a parameter, so they can load any implementation.
 //!
 //! Each test starts its own server(s), so they run in parallel; the load generator always runs
 //! on one core. The whole file takes about 20 s of wall time.
@@ -19,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    assert_counts_add_up, free_port_run, report_core_sum, report_count, run_load, spawn_load,
-    Scratch, Server,
+    assert_counts_add_up, free_port_run, report_core_sum, report_count, run_load, spawn_load, Run,
+    Scratch, Server, TextServer, TextServerKind,
 };
 use percore::protocol::{Op, ReplyView, Request, ResponseView};
 
@@ -31,8 +33,21 @@ fn every_workload_runs_clean_and_its_report_adds_up() {
     let server = Server::start(&["--cores", "2"]);
     let target = server.target();
     let common = ["--target", &target, "--connections", "4", "--pipeline", "4"];
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
         (&["--workload", "ping", "--value-size", "16-300"], &["ping"]),
+        (
+            &[
+                "--workload",
+                "mixed",
+                "--mix",
+                "get:6,set:3,delete:1",
+                "--prefill",
+                "--keys",
+                "2000",
+                "--verify-keys",
+            ],
+            &["get", "set", "delete"],
+        ),
         (&["--workload", "set", "--value-size", "8-2000"], &["set"]),
         (
             &["--workload", "get", "--prefill", "--keys", "3000"],
@@ -98,7 +113,7 @@ fn every_workload_runs_clean_and_its_report_adds_up() {
         assert_eq!(run.stdout.matches("#[Max     =").count(), ops.len());
         // A progress line on stderr.
         assert!(run.stderr.contains(" ops/s  p50 "), "{}", run.stderr);
-        if args.contains(&"--prefill") {
+        if args.contains(&"--prefill") && !ops.contains(&"delete") {
             assert_eq!(json["get_misses"], 0, "prefilled gets hit");
         }
     }
@@ -853,9 +868,21 @@ fn an_unsaturated_fixed_rate_is_achieved() {
     }
 }
 
-/// An in-test memcached speaking the text protocol's get and set. `corrupt_every` flips a byte
-/// in every n-th value it returns; `close_after` closes a connection after that many commands.
-fn fake_memcached(corrupt_every: Option<u64>, close_after: Option<u64>) -> String {
+/// How [`fake_memcached`] gets a multi-key get's reply wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Twist {
+    /// Right.
+    None,
+    /// The first two values found swap places.
+    Swap,
+    /// A value for a key nobody asked for comes before END.
+    Extra,
+}
+
+/// An in-test memcached speaking the text protocol's get (of any number of keys), set and
+/// delete. `corrupt_every` flips a byte in every n-th value it returns; `close_after` closes a
+/// connection after that many commands; `twist` spoils multi-key replies.
+fn fake_memcached(corrupt_every: Option<u64>, close_after: Option<u64>, twist: Twist) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let store = Arc::new(Mutex::new(HashMap::<Vec<u8>, Vec<u8>>::new()));
@@ -879,20 +906,37 @@ fn fake_memcached(corrupt_every: Option<u64>, close_after: Option<u64>) -> Strin
                     }
                     let words: Vec<&str> = line.split_whitespace().collect();
                     let reply = match words.as_slice() {
-                        ["get", key] => match store.lock().unwrap().get(key.as_bytes()) {
-                            Some(v) => {
-                                let mut v = v.clone();
-                                let n = gets.fetch_add(1, Ordering::SeqCst) + 1;
-                                if corrupt_every.is_some_and(|every| n % every == 0) {
-                                    v[0] ^= 1;
+                        ["get", keys @ ..] if !keys.is_empty() => {
+                            let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+                            for key in keys {
+                                if let Some(v) = store.lock().unwrap().get(key.as_bytes()) {
+                                    let mut v = v.clone();
+                                    let n = gets.fetch_add(1, Ordering::SeqCst) + 1;
+                                    if corrupt_every.is_some_and(|every| n % every == 0) {
+                                        v[0] ^= 1;
+                                    }
+                                    found.push((key.to_string(), v));
                                 }
-                                let mut r = format!("VALUE {key} 0 {}\r\n", v.len()).into_bytes();
-                                r.extend_from_slice(&v);
-                                r.extend_from_slice(b"\r\nEND\r\n");
-                                r
                             }
-                            None => b"END\r\n".to_vec(),
-                        },
+                            if keys.len() > 1 {
+                                match twist {
+                                    Twist::None => {}
+                                    Twist::Swap if found.len() >= 2 => found.swap(0, 1),
+                                    Twist::Swap => {}
+                                    Twist::Extra => found.push(("knotasked".into(), b"v".into())),
+                                }
+                            }
+                            let mut r = Vec::new();
+                            for (key, v) in found {
+                                r.extend_from_slice(
+                                    format!("VALUE {key} 0 {}\r\n", v.len()).as_bytes(),
+                                );
+                                r.extend_from_slice(&v);
+                                r.extend_from_slice(b"\r\n");
+                            }
+                            r.extend_from_slice(b"END\r\n");
+                            r
+                        }
                         ["set", key, _flags, _ttl, len] => {
                             let len: usize = len.parse().unwrap();
                             let mut data = vec![0; len + 2];
@@ -903,6 +947,10 @@ fn fake_memcached(corrupt_every: Option<u64>, close_after: Option<u64>) -> Strin
                             store.lock().unwrap().insert(key.as_bytes().to_vec(), data);
                             b"STORED\r\n".to_vec()
                         }
+                        ["delete", key] => match store.lock().unwrap().remove(key.as_bytes()) {
+                            Some(_) => b"DELETED\r\n".to_vec(),
+                            None => b"NOT_FOUND\r\n".to_vec(),
+                        },
                         _ => b"ERROR\r\n".to_vec(),
                     };
                     if out.write_all(&reply).is_err() {
@@ -932,7 +980,7 @@ const MEMCACHED_RUN: [&str; 12] = [
 
 #[test]
 fn memcached_protocol_against_a_fake() {
-    let target = fake_memcached(None, None);
+    let target = fake_memcached(None, None, Twist::None);
     let mut args = MEMCACHED_RUN.to_vec();
     args.extend_from_slice(&["10-500", "--requests", "2000", "--target", &target]);
     let run = run_load(&args, LIMIT);
@@ -942,7 +990,7 @@ fn memcached_protocol_against_a_fake() {
     assert_counts_add_up(run.json(), &["get", "set"]);
 
     // A corrupted value is caught over memcached too.
-    let target = fake_memcached(Some(50), None);
+    let target = fake_memcached(Some(50), None, Twist::None);
     let mut args = MEMCACHED_RUN.to_vec();
     args.extend_from_slice(&["100", "--requests", "2000", "--target", &target]);
     let run = run_load(&args, LIMIT);
@@ -950,7 +998,7 @@ fn memcached_protocol_against_a_fake() {
     assert!(run.errors("corrupt_value") >= 10, "{}", run.stdout);
 
     // A server that hangs up: the connection loss and the requests it took are counted.
-    let target = fake_memcached(None, Some(400));
+    let target = fake_memcached(None, Some(400), Twist::None);
     let mut args = MEMCACHED_RUN.to_vec();
     args.extend_from_slice(&["100", "--requests", "3000", "--target", &target]);
     let run = run_load(&args, LIMIT);
@@ -961,54 +1009,277 @@ fn memcached_protocol_against_a_fake() {
 }
 
 #[test]
-fn memcached_protocol_against_memcached_if_installed() {
-    let Ok(found) = std::process::Command::new("which")
-        .arg("memcached")
-        .output()
-    else {
-        eprintln!("skipped: `which` is not available to look for memcached");
-        return;
+fn multiget_values_out_of_order_or_not_asked_for_are_wrong() {
+    let run = |twist| {
+        let target = fake_memcached(None, None, twist);
+        run_load(
+            &[
+                "--protocol",
+                "memcached",
+                "--target",
+                &target,
+                "--workload",
+                "get",
+                "--multiget",
+                "4",
+                "--prefill",
+                "--keys",
+                "300",
+                "--connections",
+                "2",
+                "--pipeline",
+                "4",
+                "--requests",
+                "2000",
+            ],
+            LIMIT,
+        )
     };
-    if !found.status.success() {
-        eprintln!("skipped: memcached is not installed (the fake-server test covers the codec)");
-        return;
-    }
-    let port = free_port_run(1).to_string();
-    let child = std::process::Command::new("memcached")
-        .args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "0",
-            "-m",
-            "64",
-            "-u",
-            "nobody",
-        ])
-        .spawn()
-        .expect("memcached starts");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+    // The fake itself answers multi-key gets rightly.
+    let clean = run(Twist::None);
+    clean.assert_clean();
+    assert_eq!(clean.json()["ops"], 2000);
+    assert_eq!(clean.json()["get_misses"], 0);
+    for twist in [Twist::Swap, Twist::Extra] {
+        let twisted = run(twist);
+        assert_eq!(
+            twisted.status.code(),
+            Some(1),
+            "{twist:?}: {}",
+            twisted.stdout
+        );
+        // 500 lines of 4 keys, nearly each with a value out of place (a line that repeats its
+        // first key cannot show a swap; one that repeats a key further on can show two).
+        let wrong = twisted.errors("wrong_body");
+        assert!(
+            (400..=1000).contains(&wrong),
+            "{twist:?}: {}",
+            twisted.stdout
+        );
+        assert_eq!(twisted.errors("corrupt_value"), 0);
+        if twist == Twist::Swap {
+            // The key passed over for the later one is a miss, which prefill makes an error.
+            assert!(twisted.errors("not_found") >= 400, "{}", twisted.stdout);
         }
     }
-    let _memcached = Kill(child);
-    let target = format!("127.0.0.1:{port}");
-    for _ in 0..100 {
-        if TcpStream::connect(&target).is_ok() {
-            break;
+}
+
+/// percore-load with `--protocol memcached` against `target`: 3 connections of pipeline 4.
+fn load_text(target: &str, args: &[&str]) -> Run {
+    let mut all = vec![
+        "--protocol",
+        "memcached",
+        "--target",
+        target,
+        "--connections",
+        "3",
+        "--pipeline",
+        "4",
+    ];
+    all.extend_from_slice(args);
+    run_load(&all, LIMIT)
+}
+
+/// The server's count of `name` (a `STAT name value` line of memcached's `stats`).
+fn text_stat(server: &TextServer, name: &str) -> u64 {
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.write_all(b"stats\r\n").unwrap();
+    let mut lines = BufReader::new(conn).lines();
+    loop {
+        let line = lines.next().expect("stats ends with END").unwrap();
+        assert_ne!(line, "END", "no stat {name}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["STAT", n, value] = words.as_slice() {
+            if *n == name {
+                return value.parse().unwrap();
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    let mut args = MEMCACHED_RUN.to_vec();
-    args.extend_from_slice(&["10-500", "--duration", "1s", "--target", &target]);
-    let run = run_load(&args, LIMIT);
+}
+
+/// Every workload the memcached protocol can express runs clean, its report adds up, and
+/// `--verify-keys` reads every acknowledged set and delete back.
+fn text_workloads_run_clean(kind: TextServerKind) {
+    let server = TextServer::start(kind);
+    let target = server.target();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&["--workload", "set", "--value-size", "4-3000"], &["set"]),
+        (
+            &["--workload", "get", "--prefill", "--keys", "500"],
+            &["get"],
+        ),
+        (
+            &["--workload", "delete", "--prefill", "--keys", "500"],
+            &["delete"],
+        ),
+        (
+            &[
+                "--workload",
+                "mixed",
+                "--mix",
+                "get:6,set:3,delete:1",
+                "--keys",
+                "2000",
+                "--key-dist",
+                "zipf:0.99",
+                "--value-size",
+                "10-500",
+            ],
+            &["get", "set", "delete"],
+        ),
+        (
+            &[
+                "--workload",
+                "mixed",
+                "--mix",
+                "get:6,set:3,delete:1",
+                "--prefill",
+                "--keys",
+                "600",
+                "--verify-keys",
+            ],
+            &["get", "set", "delete"],
+        ),
+    ];
+    for (args, ops) in cases {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--duration", "1s"]);
+        let run = load_text(&target, &all);
+        run.assert_clean();
+        let json = run.json();
+        assert_counts_add_up(json, ops);
+        assert!(json["ops"].as_u64().unwrap() > 100, "{args:?}: {json}");
+        if args.contains(&"--prefill") && ops == ["get"] {
+            assert_eq!(json["get_misses"], 0, "prefilled gets hit");
+        }
+        if args.contains(&"--verify-keys") {
+            let verify = &json["verify"];
+            assert_eq!(verify["checked"], 600, "every key was prefilled: {json}");
+            assert_eq!(verify["verified"], verify["checked"], "{json}");
+        }
+    }
+}
+
+/// `--multiget 16` after `--prefill`: every key of every line comes back, each key counts as
+/// an operation, also in a mix with sets and deletes at a fixed rate.
+fn text_multiget_gets_every_key(kind: TextServerKind) {
+    let server = TextServer::start(kind);
+    let target = server.target();
+    let run = load_text(
+        &target,
+        &[
+            "--workload",
+            "get",
+            "--multiget",
+            "16",
+            "--prefill",
+            "--keys",
+            "3000",
+            "--value-size",
+            "4-2000",
+            "--requests",
+            "20000",
+        ],
+    );
     run.assert_clean();
-    assert_counts_add_up(run.json(), &["get", "set"]);
+    let json = run.json();
+    assert_counts_add_up(json, &["get"]);
+    assert_eq!(json["ops"], 20000, "{json}");
+    assert_eq!(json["requests_sent"], 20000);
+    assert_eq!(json["latency_us"]["get"]["count"], 20000);
+    assert_eq!(json["get_misses"], 0, "prefilled keys all hit");
+    assert!(run.stdout.contains("16 keys per get"), "{}", run.stdout);
+    if kind == TextServerKind::Memcached {
+        // memcached counts each key of a get: all 20000 asked for, all found.
+        assert_eq!(text_stat(&server, "cmd_get"), 20000);
+        assert_eq!(text_stat(&server, "get_hits"), 20000);
+    }
+
+    let run = load_text(
+        &target,
+        &[
+            "--workload",
+            "mixed",
+            "--mix",
+            "get:8,set:1,delete:1",
+            "--multiget",
+            "16",
+            "--prefill",
+            "--keys",
+            "3000",
+            "--rate",
+            "10000",
+            "--duration",
+            "1s",
+        ],
+    );
+    run.assert_clean();
+    assert_counts_add_up(run.json(), &["get", "set", "delete"]);
+    // The rate counts keys: each one scheduled was sent (in a line with others) or not at all.
+    let json = run.json();
+    let scheduled = json["requests_sent"].as_u64().unwrap() + json["unsent"].as_u64().unwrap();
+    assert_eq!(scheduled, 10000, "{}", run.stdout);
+}
+
+/// Values that are not the ones percore-load writes for their keys, stored straight over the
+/// text protocol before a get-only run without --prefill: each one read is counted as corrupt,
+/// single-key or multi-key, and fails the run.
+fn text_wrong_value_fails_the_run(kind: TextServerKind) {
+    let server = TextServer::start(kind);
+    let target = server.target();
+    let mut conn = BufReader::new(TcpStream::connect(server.addr).unwrap());
+    // 5 of the 20 keys (named as `workload::write_key` names them, 16 bytes); the rest absent.
+    for index in [0, 3, 7, 12, 19] {
+        let command = format!("set k{index:015} 0 0 8\r\nnot-mine\r\n");
+        conn.get_mut().write_all(command.as_bytes()).unwrap();
+        let mut reply = String::new();
+        conn.read_line(&mut reply).unwrap();
+        assert_eq!(reply, "STORED\r\n");
+    }
+    for multiget in ["1", "8"] {
+        let run = load_text(
+            &target,
+            &[
+                "--workload",
+                "get",
+                "--multiget",
+                multiget,
+                "--keys",
+                "20",
+                "--requests",
+                "4000",
+            ],
+        );
+        assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+        let corrupt = run.errors("corrupt_value");
+        // A quarter of the keys are wrong: about 1000 of 4000 reads.
+        assert!(
+            (700..1300).contains(&corrupt),
+            "--multiget {multiget}: {}",
+            run.stdout
+        );
+        assert_eq!(run.json()["errors_total"], corrupt, "{}", run.stdout);
+        assert_eq!(run.json()["ops"].as_u64().unwrap() + corrupt, 4000);
+        assert!(
+            run.json()["get_misses"].as_u64().unwrap() > 2000,
+            "absent keys miss"
+        );
+    }
+}
+
+#[test]
+fn memcached_workloads_run_clean() {
+    text_workloads_run_clean(TextServerKind::Memcached);
+}
+
+#[test]
+fn memcached_multiget_gets_every_key() {
+    text_multiget_gets_every_key(TextServerKind::Memcached);
+}
+
+#[test]
+fn memcached_wrong_value_fails_the_run() {
+    text_wrong_value_fails_the_run(TextServerKind::Memcached);
 }
 
 #[test]
@@ -1037,6 +1308,7 @@ fn help_explains_every_flag_and_its_default() {
         "--verify-keys",
         "--shard-aware",
         "--protocol",
+        "--multiget",
         "--json",
         "--hgrm",
         "--hlog",

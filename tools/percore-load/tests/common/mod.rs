@@ -1,13 +1,14 @@
 //! Test harness for percore-load: runs the real `percore` server (the sibling of the
 //! percore-load binary in the workspace's target directory) on 127.0.0.1 with ephemeral ports,
-//! runs percore-load against it with a time limit (to the end, or in the background while the
-//! test acts on the server), and parses what both printed and wrote. Every process started
-//! here is killed when its guard drops.
+//! or a server of the memcached text protocol ([`TextServer`]), runs percore-load against it
+//! with a time limit (to the end, or in the background while the test acts on the server), and
+//! parses what both printed and wrote. Every process started here is killed when its guard
+//! drops.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,6 +139,110 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Which server of the memcached text protocol a test loads. The memcached tests take it as a
+/// parameter, so the same checks can run against every implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextServerKind {
+    /// memcached itself, from PATH, one worker thread.
+    Memcached,
+}
+
+/// A running server of the memcached text protocol on 127.0.0.1, killed on drop.
+pub struct TextServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl TextServer {
+    /// Starts a fresh one (nothing stored) and waits until it accepts connections.
+    pub fn start(kind: TextServerKind) -> TextServer {
+        match kind {
+            TextServerKind::Memcached => {
+                let memcached = find_in_path("memcached").unwrap_or_else(|| {
+                    panic!(
+                        "memcached is not installed, and the memcached protocol tests load a \
+                         real one: run `apt-get install memcached`"
+                    )
+                });
+                // The port is free when chosen, but another process may take it before
+                // memcached binds it: then memcached exits, and another port is tried.
+                for _ in 0..5 {
+                    let port = free_port_run(1);
+                    let child = Command::new(&memcached)
+                        .args([
+                            "-p",
+                            &port.to_string(),
+                            "-l",
+                            "127.0.0.1",
+                            "-U",
+                            "0",
+                            "-t",
+                            "1",
+                        ])
+                        // memcached refuses to run as root without a user to switch to; as
+                        // anyone else it ignores -u.
+                        .args(["-u", "nobody"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::inherit())
+                        .spawn()
+                        .expect("memcached starts");
+                    let mut server = TextServer {
+                        child,
+                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    };
+                    if server.wait_listening(Duration::from_secs(10)) {
+                        return server;
+                    }
+                }
+                panic!("memcached did not start listening on any of 5 ports");
+            }
+        }
+    }
+
+    /// Whether it accepts a connection within `limit` (false if it exited first).
+    fn wait_listening(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return true;
+            }
+            if self
+                .child
+                .try_wait()
+                .expect("wait for the server")
+                .is_some()
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for TextServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first executable file called `name` in PATH.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|file| {
+            file.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// A scratch directory for one test, removed on drop.
