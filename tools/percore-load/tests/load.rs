@@ -1189,11 +1189,9 @@ fn text_multiget_gets_every_key(kind: TextServerKind) {
     assert_eq!(json["latency_us"]["get"]["count"], 20000);
     assert_eq!(json["get_misses"], 0, "prefilled keys all hit");
     assert!(run.stdout.contains("16 keys per get"), "{}", run.stdout);
-    if kind == TextServerKind::Memcached {
-        // memcached counts each key of a get: all 20000 asked for, all found.
-        assert_eq!(text_stat(&server, "cmd_get"), 20000);
-        assert_eq!(text_stat(&server, "get_hits"), 20000);
-    }
+    // Both count each key of a get (after the prefill's sets): all 20000 asked for, all found.
+    assert_eq!(text_stat(&server, "cmd_get"), 20000);
+    assert_eq!(text_stat(&server, "get_hits"), 20000);
 
     let run = load_text(
         &target,
@@ -1280,6 +1278,21 @@ fn memcached_multiget_gets_every_key() {
 #[test]
 fn memcached_wrong_value_fails_the_run() {
     text_wrong_value_fails_the_run(TextServerKind::Memcached);
+}
+
+#[test]
+fn percore_memcached_workloads_run_clean() {
+    text_workloads_run_clean(TextServerKind::Percore);
+}
+
+#[test]
+fn percore_memcached_multiget_gets_every_key() {
+    text_multiget_gets_every_key(TextServerKind::Percore);
+}
+
+#[test]
+fn percore_memcached_wrong_value_fails_the_run() {
+    text_wrong_value_fails_the_run(TextServerKind::Percore);
 }
 
 #[test]

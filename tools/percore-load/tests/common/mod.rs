@@ -147,6 +147,8 @@ impl Drop for Server {
 pub enum TextServerKind {
     /// memcached itself, from PATH, one worker thread.
     Memcached,
+    /// percore's memcached listener (`--memcached-listen`), on two cores where there are two.
+    Percore,
 }
 
 /// A running server of the memcached text protocol on 127.0.0.1, killed on drop.
@@ -159,6 +161,35 @@ impl TextServer {
     /// Starts a fresh one (nothing stored) and waits until it accepts connections.
     pub fn start(kind: TextServerKind) -> TextServer {
         match kind {
+            TextServerKind::Percore => {
+                let cores = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(2)
+                    .to_string();
+                let mut child = Command::new(server_bin())
+                    .args([
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--memcached-listen",
+                        "127.0.0.1:0",
+                    ])
+                    .args(["--cores", &cores])
+                    .env("PERCORE_LOG", "warn")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("percore starts");
+                let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+                let mut first = String::new();
+                stdout.read_line(&mut first).expect("the listening line");
+                // Keep draining so the server never blocks on a full pipe.
+                std::thread::spawn(move || for _ in stdout.lines().map_while(Result::ok) {});
+                let addr = first
+                    .split_once("memcached on ")
+                    .and_then(|(_, a)| a.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no memcached address in: {first}"));
+                TextServer { child, addr }
+            }
             TextServerKind::Memcached => {
                 let memcached = find_in_path("memcached").unwrap_or_else(|| {
                     panic!(
