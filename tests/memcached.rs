@@ -281,7 +281,7 @@ fn meta_commands() {
     exchange(
         &mut s,
         b"ms bWs= 1 b\r\nx\r\nmg bWs= b v k\r\n",
-        b"HD\r\nVA 1 b kbWs=\r\nx\r\n",
+        b"HD\r\nVA 1 kbWs= b\r\nx\r\n",
     );
     exchange(
         &mut s,

@@ -283,13 +283,23 @@ fn number<T: std::str::FromStr>(word: &[u8]) -> Option<T> {
     std::str::from_utf8(word).ok()?.parse().ok()
 }
 
-/// A key as the text protocol allows it: 1..=250 bytes without a space, CR or LF (which
-/// would end it). Other control bytes are taken, as memcached takes them: memcaslap's own keys
-/// start with bytes such as 0x10 and 0x7f.
+/// A key as the text protocol allows it: 1..=250 bytes without a space, NUL or LF. Other
+/// control bytes are taken, as memcached takes them: memcaslap's own keys start with bytes
+/// such as 0x10 and 0x7f.
 pub fn valid_key(key: &[u8]) -> bool {
     !key.is_empty()
         && key.len() <= MAX_KEY_LEN
-        && key.iter().all(|&b| !matches!(b, b' ' | b'\r' | b'\n'))
+        && key.iter().all(|&b| !matches!(b, b' ' | 0 | b'\n'))
+}
+
+/// `bytes` without the spaces around it (only spaces separate words; a tab is part of a key).
+fn trim_spaces(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
+    &bytes[start..end.max(start)]
 }
 
 /// Splits one command off the front of `input`.
@@ -429,7 +439,7 @@ pub fn parse(input: &[u8]) -> Parsed<'_> {
             Command::FlushAll { delay, noreply }
         }
         b"stats" => Command::Stats {
-            group: rest.trim_ascii(),
+            group: trim_spaces(rest),
         },
         // Extra words after these are answered ERROR, as memccapable expects of a server
         // that does not call itself memcached 1.6 (`mn` takes flags and ignores them).
@@ -494,7 +504,7 @@ fn retrieval(kind: Retrieval, exptime: i64, keys: &[u8], line_len: usize) -> Par
         command: Command::Retrieve {
             kind,
             exptime,
-            keys: keys.trim_ascii(),
+            keys: trim_spaces(keys),
         },
         len: line_len,
     }
@@ -753,7 +763,7 @@ mod tests {
         assert_eq!(skip, big.len() + MAX_VALUE_LEN + 3);
         assert_eq!(error(b"incr k x\r\n").0, Error::InvalidDelta);
         assert_eq!(error(b"get\r\n").0, Error::UnknownCommand);
-        assert_eq!(error(b"get a\rb\r\n").0, Error::BadFormat);
+        assert_eq!(error(b"get a\0b\r\n").0, Error::BadFormat);
         assert_eq!(error(b"delete a 0 noreply x\r\n").0, Error::UnknownCommand);
         assert_eq!(error(b"mg k v v\r\n").0, Error::DuplicateFlag);
         assert!(matches!(
@@ -773,6 +783,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let (c, _) = command(b"get \tx\t \r\n");
+        assert!(matches!(c, Command::Retrieve { keys: b"\tx\t", .. }));
         let (c, _) = command(b"gat 100 x y\r\n");
         assert!(matches!(
             c,

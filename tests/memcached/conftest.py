@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -66,13 +65,18 @@ def require_binary(name: str) -> str:
     return path
 
 
+try:
+    # Loaded once here: dlopen in the forked child of a threaded process could deadlock.
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """preexec_fn: the child gets SIGKILL if pytest dies without running its teardown."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def _free_port() -> int:
@@ -180,7 +184,7 @@ class ServerProcess:
 
     def _start_memcached(self, extra_args: tuple[str, ...]) -> None:
         binary = require_binary("memcached")
-        for attempt in range(5):
+        for _ in range(5):
             port = _free_port()
             argv = [
                 binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0",
@@ -326,6 +330,8 @@ class RawConnection:
                 self._fill("more")
             except AssertionError:
                 pass
+            finally:
+                self.sock.settimeout(5.0)
             raise AssertionError(
                 f"{where}expected {expected[:300]!r}, got {(got + self.buf)[:300]!r}"
             )
@@ -339,17 +345,6 @@ class RawConnection:
         a get of a key that never exists must answer exactly END."""
         self.request(b"get __percore_sync_never_set__\r\n", b"END\r\n", "sync (get of a missing key)")
         assert self.buf == b"", f"unexpected bytes after the sync reply: {self.buf!r}"
-
-    def assert_silent(self, wait: float = 0.2) -> None:
-        """Nothing arrives within `wait` seconds."""
-        self.sock.settimeout(wait)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            data = None
-        finally:
-            self.sock.settimeout(5.0)
-        assert data is None and not self.buf, f"expected no reply, got {(self.buf + (data or b''))!r}"
 
 
 _counter = itertools.count()
@@ -394,6 +389,25 @@ def fresh_server():
 
 
 @pytest.fixture
+def start_server():
+    """Starts extra servers with extra command-line arguments (percore flags in percore mode,
+    memcached flags in memcached mode): `start_server("--idle-timeout", "1s")`. All of them are
+    stopped when the test ends."""
+    started: list[ServerProcess] = []
+
+    def start(*extra_args: str) -> ServerProcess:
+        s = ServerProcess(tuple(extra_args))
+        started.append(s)
+        return s
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.stop(check=False)
+
+
+@pytest.fixture
 def client(server):
     c = server.client()
     try:
@@ -409,6 +423,22 @@ def raw(server):
         yield conn
     finally:
         conn.close()
+
+
+TOOL_RESULTS: list[str] = []
+
+
+def record_tool_result(line: str) -> None:
+    """Keeps a third-party tool's result line for the summary at the end of the run."""
+    print(line)
+    TOOL_RESULTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TOOL_RESULTS:
+        terminalreporter.section("third-party tool results")
+        for line in TOOL_RESULTS:
+            terminalreporter.write_line(line)
 
 
 def pytest_report_header(config):

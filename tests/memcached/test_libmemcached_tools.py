@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from conftest import require_binary
+from conftest import record_tool_result, require_binary
 
 CAPABLE_LINE = re.compile(r"^(ascii .+?)\s+\[(pass|FAIL|skip)\]\s*$")
 
@@ -29,7 +29,10 @@ def test_memccapable_ascii(fresh_server):
         if m:
             results[m.group(1)] = m.group(2)
     summary = out.strip().splitlines()[-1] if out.strip() else "(no output)"
-    print(f"memccapable: {len(results)} ASCII tests, summary: {summary}")
+    record_tool_result(
+        f"memccapable -a: {sum(v == 'pass' for v in results.values())} of {len(results)} ASCII "
+        f"tests passed, exit {run.returncode}, summary line: {summary!r}"
+    )
     failed = [name for name, status in results.items() if status != "pass"]
     assert len(results) >= 27, f"expected memccapable's 27 ASCII tests, parsed {len(results)}:\n{out}"
     assert not failed, f"memccapable tests not passed: {failed}\n{out}"
@@ -60,7 +63,7 @@ def test_memcaslap_verified_load(fresh_server):
                              r"expired_get|unexpired_unget): (\d+)\s*$", out, re.M)
     )
     run_line = next((l for l in out.splitlines() if l.startswith("Run time:")), None)
-    print(f"memcaslap: {run_line}; {counters}")
+    record_tool_result(f"memcaslap: exit {run.returncode}; {run_line}; {counters}")
     # memcaslap prints "<fd ERROR", "<fd CLIENT_ERROR ...", "<fd SERVER_ERROR ...",
     # "<fd EXISTS", "<fd NOT_STORED" for unexpected replies, and "Server ... disconnect" on a drop.
     reply_errors = re.findall(r"^<\d+ .*$", out, re.M)
