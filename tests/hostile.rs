@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use flatbuffers::FlatBufferBuilder;
 use percore::protocol::shard::owner_of;
 use percore::protocol::{fb, ResponseView, ShardStats};
-use percore::server::connection::OUTPUT_SOFT_CAP;
 use percore::server::mailbox::OWED_HARD_CAP;
+use percore::server::output::OUTPUT_SOFT_CAP;
 use percore::server::peer::REPLY_BACKLOG;
 
 static SERIAL: Mutex<()> = Mutex::new(());

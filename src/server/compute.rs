@@ -1,5 +1,5 @@
 //! The per-core compute queue: `Compute` requests wait here, bounded by `--compute-queue`, and
-//! one worker in a low-priority task queue runs them. A full queue answers `Overloaded` at once
+//! one worker in a low-priority task queue runs them (started with the core, [`super::run`]). A full queue answers `Overloaded` at once
 //! instead of growing, so compute load cannot take memory or latency from pings and gets.
 
 use std::cell::{Cell, RefCell};
@@ -9,11 +9,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::mailbox::{Completion, ConnShared};
+use super::mailbox::ConnShared;
 use super::notify::Notify;
-use super::shard::Shard;
-use crate::ops;
-use crate::protocol::{Algo, OpKind, Reply};
+use crate::protocol::Algo;
 
 /// One queued `Compute` request; `buf` holds its input and, afterwards, its reply frame.
 pub struct ComputeJob {
@@ -59,7 +57,8 @@ impl ComputeQueue {
         self.wake.notify();
     }
 
-    async fn next(&self) -> Option<ComputeJob> {
+    /// The next job, once there is one; `None` once the queue is closed and empty.
+    pub async fn next(&self) -> Option<ComputeJob> {
         loop {
             if let Some(job) = self.jobs.borrow_mut().pop_front() {
                 return Some(job);
@@ -69,26 +68,5 @@ impl ComputeQueue {
             }
             self.wake.wait().await;
         }
-    }
-}
-
-/// Runs queued jobs one at a time until the queue is closed and empty.
-pub async fn worker(shard: Rc<Shard>) {
-    while let Some(mut job) = shard.compute.next().await {
-        let digest = ops::compute::digest(job.algo, &job.buf, job.rounds).await;
-        job.buf.clear();
-        let reply = Reply::Digest {
-            digest: digest.as_bytes(),
-        };
-        shard.encoder.borrow_mut().ok(job.id, &reply, &mut job.buf);
-        job.conn.complete(
-            &shard,
-            Completion {
-                frame: job.buf,
-                kind: OpKind::Compute,
-                started: job.started,
-                seq: 0,
-            },
-        );
     }
 }

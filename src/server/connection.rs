@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use super::codec::{Codec, Ctx, Output, Peek, Protocol, Step};
+use super::codec::{Codec, Peek, Protocol, Step};
 use super::mailbox::ConnShared;
-use super::router;
+use super::output::{Output, OUTPUT_SOFT_CAP};
+use super::router::{self, Ctx};
 use super::shard::Shard;
 use crate::runtime::net::Conn;
 
@@ -24,8 +25,6 @@ use crate::runtime::net::Conn;
 const READ_CHUNK: usize = 16 << 10;
 /// The most a single read grows the input buffer by.
 const MAX_READ_GROWTH: usize = 256 << 10;
-/// Stop answering further requests of a batch once this much output is waiting to be written.
-pub const OUTPUT_SOFT_CAP: usize = 256 << 10;
 /// At the drain, a connection that has done nothing for this long is closed at once; a busier
 /// one is answered until its client leaves.
 const DRAIN_QUIET: Duration = Duration::from_millis(250);
@@ -194,6 +193,10 @@ impl Session<'_> {
     async fn route_frames(&mut self) {
         let mut reserved = None;
         let mut batch = router::Batch::new(self.read_at);
+        // Replies that wait their turn are held in a pooled buffer while routing may add some.
+        if self.output.is_ordered() {
+            self.shard.io_buffers.fill(self.output.held_mut());
+        }
         while self.inflight < self.shard.config.max_inflight && self.output.len() < OUTPUT_SOFT_CAP
         {
             if self.input.is_empty() || self.codec.peek(self.shard, &self.input) != Peek::Whole {
@@ -246,6 +249,9 @@ impl Session<'_> {
         }
         router::release(self.shard, reserved);
         batch.finish(self.shard);
+        self.shard
+            .io_buffers
+            .release_if_empty(self.output.held_mut());
     }
 
     /// Starts or stops the `--frame-timeout` clock. It measures how long the client takes to

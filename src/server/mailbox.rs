@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::notify::Notify;
-use super::shard::Shard;
+use super::pool::BufferPool;
 use crate::protocol::OpKind;
 
 /// Bytes a connection may owe its client: its unwritten output plus the replies finished
@@ -29,6 +29,18 @@ pub struct Completion {
     pub started: Instant,
     /// Its place among the connection's replies, where the protocol answers in order.
     pub seq: u64,
+}
+
+/// What became of a reply handed to a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// It waits for the connection's task, which has been woken.
+    Taken,
+    /// The connection is gone; nobody will read it.
+    Ended,
+    /// It would have made the connection owe more than [`OWED_HARD_CAP`]: the connection is
+    /// being closed as a slow reader instead.
+    Refused,
 }
 
 /// Why something outside the connection's task told it to close.
@@ -84,37 +96,33 @@ impl ConnShared {
         }
     }
 
-    /// Hands a finished reply to the connection. Work finishing counts as activity for
-    /// `--idle-timeout`: a connection waiting on its own requests is not idle.
-    pub fn complete(&self, shard: &Shard, completion: Completion) {
+    /// Copies a finished reply in (into a buffer lent by `io_buffers` while it holds bytes)
+    /// and wakes the connection's task. Work finishing counts as activity for
+    /// `--idle-timeout`: a connection waiting on its own requests is not idle. The caller keeps
+    /// the completion's buffer, to give back to its pool.
+    pub fn deliver(&self, io_buffers: &BufferPool, completion: &Completion) -> Delivered {
         if self.ended.get() {
-            // Counted as unanswered when the task ended. Copying it into `replies` would take
-            // a pooled buffer that nobody gives back (tests/hostile.rs, vanishing clients).
-            shard.pool.give(completion.frame);
-            return;
+            // Counted as unanswered when the task ended.
+            return Delivered::Ended;
         }
         let mut replies = self.replies.borrow_mut();
         if self.unwritten.get() + replies.len() + completion.frame.len() > OWED_HARD_CAP {
             drop(replies);
             // Dropped with the connection. Not counted as completed: the request stays in
             // flight, which is how the close counts it as unanswered.
-            shard.pool.give(completion.frame);
             self.close(CloseReason::SlowReader);
-            return;
+            return Delivered::Refused;
         }
-        let now = Instant::now();
-        self.last_active.set(now);
-        shard.io_buffers.fill(&mut replies);
+        self.last_active.set(Instant::now());
+        io_buffers.fill(&mut replies);
         replies.extend_from_slice(&completion.frame);
         if self.ordered {
             let len = completion.frame.len() as u32;
             self.arrivals.borrow_mut().push_back((completion.seq, len));
         }
-        shard.pool.give(completion.frame);
-        let elapsed = now.saturating_duration_since(completion.started);
-        shard.metrics.borrow_mut().record(completion.kind, elapsed);
         self.completed.set(self.completed.get() + 1);
         self.wake.notify();
+        Delivered::Taken
     }
 
     pub fn wake(&self) {

@@ -16,9 +16,11 @@ pub mod connection;
 pub mod mailbox;
 pub mod message;
 mod notify;
+pub mod output;
 pub mod peer;
 mod pool;
 pub mod router;
+pub mod run;
 pub mod shard;
 
 use std::net::SocketAddr;
@@ -31,7 +33,8 @@ use crate::config::Config;
 use crate::metrics::{ExitReport, ShardReport};
 use crate::runtime::{self, Executor};
 use codec::Protocol;
-use shard::{Global, ShardSetup, MESH_CAPACITY};
+use run::ShardSetup;
+use shard::{Global, MESH_CAPACITY};
 
 /// A running server.
 pub struct Server {
@@ -106,7 +109,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             ready: ready_tx,
         };
         let name = format!("percore-{index}");
-        executors.push(Executor::start(cpu, &name, move || shard::run(setup))?);
+        executors.push(Executor::start(cpu, &name, move || run::run(setup))?);
         ready.push(ready_rx);
     }
     // A core that fails to start drops its setup, and with it the sender, without a word.

@@ -54,11 +54,20 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
                     frame: fwd.buf,
                 }
             }
-            PeerRequest::Memcache { ticket, hash, buf } => {
-                let mut frame = shard.pool.take();
-                run_memcache(&shard, hash, &buf, &mut frame);
-                shard.pool.give(buf);
-                PeerReply::Kv { ticket, frame }
+            PeerRequest::Memcache {
+                ticket,
+                hash,
+                mut buf,
+            } => {
+                // The reply is written aside while the command it answers is read from `buf`,
+                // then goes back in `buf`: the buffer returns to the pool it came from, as a
+                // native request's does.
+                let mut reply = shard.scratch.borrow_mut();
+                reply.clear();
+                run_memcache(&shard, hash, &buf, &mut reply);
+                buf.clear();
+                buf.extend_from_slice(&reply);
+                PeerReply::Kv { ticket, frame: buf }
             }
             PeerRequest::Stats { ticket } => PeerReply::Stats {
                 ticket,
@@ -109,8 +118,8 @@ pub async fn receive_replies(shard: Rc<Shard>, link: Rc<ShardLink>) {
                         kind,
                         started,
                         seq,
-                    }) => conn.complete(
-                        &shard,
+                    }) => shard.complete(
+                        &conn,
                         Completion {
                             frame,
                             kind,

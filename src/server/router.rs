@@ -1,13 +1,15 @@
-//! What the codecs share to send a request on its way: the batch a read's requests are timed
-//! in, and [`forward`], which sends a request to the core that owns its key within the mesh's
-//! permits.
+//! What the codecs share to send a request on its way: the [`Ctx`] a request is routed with,
+//! the batch a read's requests are timed in, and [`forward`], which sends a request to the core
+//! that owns its key within the mesh's permits.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::codec::Ctx;
+use super::mailbox::ConnShared;
 use super::message::{PeerRequest, Pending};
+use super::output::Output;
 use super::shard::Shard;
 use crate::error::RequestError;
 use crate::protocol::OpKind;
@@ -50,6 +52,27 @@ impl Batch {
                 metrics.record_n(kind, elapsed, n);
             }
         }
+    }
+}
+
+/// What a codec routes a request with: the core, the connection, its output and counters.
+pub struct Ctx<'a> {
+    pub shard: &'a Rc<Shard>,
+    pub conn: &'a Rc<ConnShared>,
+    pub output: &'a mut Output,
+    pub batch: &'a mut Batch,
+    /// A mesh permit the connection already holds, for the core it names.
+    pub reserved: Option<usize>,
+    /// Requests routed elsewhere whose reply has not come back.
+    pub inflight: &'a mut usize,
+    /// Replies in the output not yet written.
+    pub answered: &'a mut u64,
+}
+
+impl Ctx<'_> {
+    /// Whether another request may go elsewhere now.
+    pub fn window_open(&self) -> bool {
+        *self.inflight < self.shard.config.max_inflight
     }
 }
 

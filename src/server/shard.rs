@@ -1,5 +1,5 @@
-//! One core's server: its state ([`Shard`]) and its life, from adopting its listeners to
-//! draining at shutdown ([`run`]).
+//! One core's server state ([`Shard`]): its store, pools, metrics, mesh and connections. Its
+//! life (start-up, accepting, the tick, the drain) is [`super::run`].
 //!
 //! Everything in a `Shard` belongs to one core and is reached through `Rc` and `RefCell`: no
 //! locks, no atomics on the request path. The only state shared between cores is
@@ -9,25 +9,19 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use slab::Slab;
-use socket2::Socket;
 
-use super::codec::Protocol;
-use super::compute::{self, ComputeQueue};
-use super::connection;
-use super::mailbox::{CloseReason, ConnShared};
+use super::compute::ComputeQueue;
+use super::mailbox::{CloseReason, Completion, ConnShared, Delivered};
 use super::message::{PeerReply, PeerRequest, Pending};
 use super::notify::Latch;
-use super::peer;
 use super::pool::BufferPool;
 use crate::config::Config;
-use crate::metrics::{Metrics, ShardReport};
+use crate::metrics::Metrics;
 use crate::protocol::{ResponseEncoder, ShardStats};
 use crate::runtime::mesh::{Link, Mesh, MeshEnds};
-use crate::runtime::net::Listener;
-use crate::runtime::{self, BackgroundQueue};
 use crate::store::Store;
 
 pub type ShardMesh = Mesh<PeerRequest, PeerReply>;
@@ -42,8 +36,6 @@ const IO_BUFFER: usize = 16 << 10;
 const IO_BUFFER_KEPT: usize = 256 << 10;
 /// Idle connection buffers a core keeps for reuse (at most 4 MiB of 16 KiB ones).
 const IO_BUFFERS_KEPT: usize = 256;
-/// Shares of the compute task queue; network tasks have glommio's default 1000.
-const COMPUTE_SHARES: usize = 100;
 
 /// State shared by all cores. Touched at accept, at close and once per tick; never per request.
 pub struct Global {
@@ -61,7 +53,7 @@ impl Global {
     }
 
     /// Counts a new connection if fewer than `max` are open.
-    fn try_open(&self, max: usize) -> bool {
+    pub(super) fn try_open(&self, max: usize) -> bool {
         self.open_connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -69,7 +61,7 @@ impl Global {
             .is_ok()
     }
 
-    fn close(&self) {
+    pub(super) fn close(&self) {
         self.open_connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -93,6 +85,8 @@ pub struct Shard {
     pub store: RefCell<Store>,
     pub metrics: RefCell<Metrics>,
     pub encoder: RefCell<ResponseEncoder>,
+    /// Where a forwarded memcached command's reply is written while the command is read.
+    pub scratch: RefCell<bytes::BytesMut>,
     pub pool: BufferPool,
     /// Connections' input and output buffers, lent while they hold bytes.
     pub io_buffers: BufferPool,
@@ -100,14 +94,56 @@ pub struct Shard {
     /// Requests sent to other cores and not yet answered, by ticket.
     pub pending: RefCell<Slab<Pending>>,
     pub compute: ComputeQueue,
-    connections: RefCell<Slab<Rc<ConnShared>>>,
+    pub(super) connections: RefCell<Slab<Rc<ConnShared>>>,
     /// Set when the server starts draining: listeners close, connections stop reading.
     pub draining: Latch,
-    no_connections: Latch,
+    pub(super) no_connections: Latch,
     epoch: Instant,
 }
 
 impl Shard {
+    /// Core `index`'s state, connected to its peers by `mesh`.
+    pub fn new(
+        index: usize,
+        cpu: usize,
+        config: Config,
+        global: Arc<Global>,
+        shard_ports: Vec<u16>,
+        mesh: ShardMesh,
+    ) -> Shard {
+        Shard {
+            index,
+            count: config.shard_count(),
+            cpu,
+            global,
+            shard_ports,
+            store: RefCell::new({
+                let mut store = Store::new(config.memory_per_shard());
+                store.share_cas_space(index, config.shard_count());
+                store
+            }),
+            metrics: RefCell::new(Metrics::new(index as u32)),
+            encoder: RefCell::new(ResponseEncoder::new()),
+            scratch: RefCell::new(bytes::BytesMut::with_capacity(4 << 10)),
+            // Every buffer that can be away at once: a full mesh link to each peer, a full compute
+            // queue (and the job the worker runs), a Stats gather per connection at most.
+            pool: BufferPool::new(
+                MESH_CAPACITY * (config.shard_count() - 1) + config.compute_queue + 64,
+                4 << 10,
+                64 << 10,
+            ),
+            io_buffers: BufferPool::new(IO_BUFFERS_KEPT, IO_BUFFER, IO_BUFFER_KEPT),
+            pending: RefCell::new(Slab::with_capacity(MESH_CAPACITY * mesh.links().count())),
+            compute: ComputeQueue::new(config.compute_queue),
+            connections: RefCell::new(Slab::new()),
+            draining: Latch::default(),
+            no_connections: Latch::default(),
+            epoch: Instant::now(),
+            mesh,
+            config,
+        }
+    }
+
     /// Milliseconds since this shard started: the store's clock.
     pub fn now_ms(&self) -> u64 {
         self.ms_since_start(Instant::now())
@@ -116,6 +152,16 @@ impl Shard {
     /// The store's clock at `instant` (milliseconds since the core started).
     pub fn ms_since_start(&self, instant: Instant) -> u64 {
         instant.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Hands a reply finished away from its connection to the connection's mailbox, gives its
+    /// buffer back to the pool, and records its service time.
+    pub fn complete(&self, conn: &ConnShared, completion: Completion) {
+        if conn.deliver(&self.io_buffers, &completion) == Delivered::Taken {
+            let elapsed = completion.started.elapsed();
+            self.metrics.borrow_mut().record(completion.kind, elapsed);
+        }
+        self.pool.give(completion.frame);
     }
 
     /// What memcached's `stats` says about the server beside the counters.
@@ -136,7 +182,7 @@ impl Shard {
         stats
     }
 
-    fn begin_drain(&self) {
+    pub(super) fn begin_drain(&self) {
         self.draining.set();
         for (_, conn) in self.connections.borrow().iter() {
             conn.wake();
@@ -146,14 +192,14 @@ impl Shard {
         }
     }
 
-    fn close_all(&self, reason: CloseReason) {
+    pub(super) fn close_all(&self, reason: CloseReason) {
         for (_, conn) in self.connections.borrow().iter() {
             conn.close(reason);
         }
     }
 
     /// Closes connections that have been idle, or mid-frame, for too long.
-    fn enforce_timeouts(&self, now: Instant) {
+    pub(super) fn enforce_timeouts(&self, now: Instant) {
         let idle = self.config.idle_timeout;
         let frame = self.config.frame_timeout;
         for (_, conn) in self.connections.borrow().iter() {
@@ -161,187 +207,5 @@ impl Shard {
                 conn.close(reason);
             }
         }
-    }
-}
-
-/// What the bootstrap hands to each core.
-pub struct ShardSetup {
-    pub index: usize,
-    pub cpu: usize,
-    pub config: Config,
-    pub global: Arc<Global>,
-    /// Each listener and the protocol it serves.
-    pub listeners: Vec<(Socket, Protocol)>,
-    pub shard_ports: Vec<u16>,
-    pub mesh: ShardMeshEnds,
-    /// Told once this core is connected to its peers and accepting.
-    pub ready: std::sync::mpsc::Sender<()>,
-}
-
-/// Runs one core's server until shutdown has been drained; returns its report.
-pub async fn run(setup: ShardSetup) -> ShardReport {
-    let config = setup.config;
-    if let Err(e) = runtime::poller::start(config.idle_poll) {
-        // Every connection would fail the same way; say why once.
-        tracing::error!("core {}: cannot make its epoll set: {e}", setup.index);
-    }
-    let mesh = setup.mesh.connect().await;
-    let shard = Rc::new(Shard {
-        index: setup.index,
-        count: config.shard_count(),
-        cpu: setup.cpu,
-        global: setup.global,
-        shard_ports: setup.shard_ports,
-        store: RefCell::new({
-            let mut store = Store::new(config.memory_per_shard());
-            store.share_cas_space(setup.index, config.shard_count());
-            store
-        }),
-        metrics: RefCell::new(Metrics::new(setup.index as u32)),
-        encoder: RefCell::new(ResponseEncoder::new()),
-        // Every buffer that can be away at once: a full mesh link to each peer, a full compute
-        // queue (and the job the worker runs), a Stats gather per connection at most.
-        pool: BufferPool::new(
-            MESH_CAPACITY * (config.shard_count() - 1) + config.compute_queue + 64,
-            4 << 10,
-            64 << 10,
-        ),
-        io_buffers: BufferPool::new(IO_BUFFERS_KEPT, IO_BUFFER, IO_BUFFER_KEPT),
-        pending: RefCell::new(Slab::with_capacity(MESH_CAPACITY * mesh.links().count())),
-        compute: ComputeQueue::new(config.compute_queue),
-        connections: RefCell::new(Slab::new()),
-        draining: Latch::default(),
-        no_connections: Latch::default(),
-        epoch: Instant::now(),
-        mesh,
-        config,
-    });
-
-    for (socket, protocol) in setup.listeners {
-        runtime::spawn(accept_loop(
-            shard.clone(),
-            Listener::adopt(socket),
-            protocol,
-        ));
-    }
-    let mut peer_tasks = Vec::new();
-    for (_, link) in shard.mesh.links() {
-        let server = runtime::spawn_joinable(peer::serve_requests(shard.clone(), link.clone()));
-        let receiver = runtime::spawn_joinable(peer::receive_replies(shard.clone(), link.clone()));
-        peer_tasks.push((link.clone(), server, receiver));
-    }
-    BackgroundQueue::new("compute", COMPUTE_SHARES).spawn(compute::worker(shard.clone()));
-    // The receiver may be gone if the bootstrap gave up on another core; nothing to do then.
-    let _ = setup.ready.send(());
-
-    tick_until_shutdown(&shard).await;
-
-    // Drain: stop accepting and reading, answer what was read, then close.
-    shard.begin_drain();
-    let drained = futures_lite::future::or(
-        async {
-            shard.no_connections.wait().await;
-            true
-        },
-        async {
-            runtime::sleep(shard.config.drain_timeout).await;
-            false
-        },
-    )
-    .await;
-    if !drained {
-        tracing::warn!(
-            core = shard.index,
-            open = shard.connections.borrow().len(),
-            "drain timeout: closing the remaining connections"
-        );
-        shard.close_all(CloseReason::DrainTimeout);
-        shard.no_connections.wait().await;
-    }
-    shard.compute.close();
-
-    // Tell peers this core sends no more requests; keep answering theirs until they say the
-    // same. Each core's replies close only after its peers' requests have, so no request
-    // between two cores is ever left without its reply.
-    for (link, _, _) in &peer_tasks {
-        link.close_requests();
-    }
-    let mut receivers = Vec::new();
-    for (link, server, receiver) in peer_tasks {
-        server.join().await;
-        link.close_replies();
-        receivers.push(receiver);
-    }
-    for receiver in receivers {
-        receiver.join().await;
-    }
-
-    let store = shard.store.borrow().stats();
-    let metrics = std::mem::replace(&mut *shard.metrics.borrow_mut(), Metrics::new(0));
-    ShardReport {
-        cpu: shard.cpu,
-        metrics,
-        store,
-    }
-}
-
-/// Checks timeouts every tick until the process is told to shut down.
-async fn tick_until_shutdown(shard: &Shard) {
-    let tick = (shard.config.frame_timeout.min(shard.config.idle_timeout) / 4)
-        .clamp(Duration::from_millis(1), Duration::from_millis(100));
-    while !shard.global.shutdown.load(Ordering::Acquire) {
-        runtime::sleep(tick).await;
-        shard.enforce_timeouts(Instant::now());
-        // Reclaim expired items a bounded slice at a time, so no request waits behind it.
-        let now_ms = shard.now_ms();
-        shard.store.borrow_mut().sweep(now_ms);
-    }
-}
-
-/// Accepts connections speaking `protocol` until the shard drains, each served by its own
-/// task.
-async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.draining.wait().await;
-            None
-        })
-        .await;
-        let conn = match accepted {
-            None => return,
-            Some(Ok(conn)) => conn,
-            Some(Err(e)) => {
-                // Typically EMFILE or ENFILE: back off instead of spinning on the error.
-                tracing::warn!(core = shard.index, "accept failed: {e}");
-                runtime::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if !shard.global.try_open(shard.config.max_connections) {
-            shard.metrics.borrow_mut().connections_refused += 1;
-            drop(conn);
-            continue;
-        }
-        if let Err(e) = conn.set_nodelay() {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-        {
-            let mut m = shard.metrics.borrow_mut();
-            m.connections_accepted += 1;
-            m.connections_open += 1;
-        }
-        let ordered = protocol == Protocol::Memcache;
-        let shared = Rc::new(ConnShared::new(Instant::now(), ordered));
-        let key = shard.connections.borrow_mut().insert(shared.clone());
-        let shard = shard.clone();
-        runtime::spawn(async move {
-            connection::serve(&shard, conn, &shared, protocol).await;
-            shard.connections.borrow_mut().remove(key);
-            shard.global.close();
-            shard.metrics.borrow_mut().connections_open -= 1;
-            if shard.draining.is_set() && shard.connections.borrow().is_empty() {
-                shard.no_connections.set();
-            }
-        });
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use bytes::BytesMut;
 
-use super::{Ctx, Peek, Step};
+use super::{Peek, Step};
 use crate::memcache::command::{self, Command, Parsed};
 use crate::memcache::{reply, Error};
 use crate::ops;
@@ -18,7 +18,7 @@ use crate::runtime;
 use crate::server::mailbox::Completion;
 use crate::server::message::{PeerRequest, Pending};
 use crate::server::peer::{self, Broadcast};
-use crate::server::router::{self, Forward};
+use crate::server::router::{self, Ctx, Forward};
 
 /// What a memcached connection keeps between commands.
 #[derive(Debug, Default)]
@@ -275,7 +275,7 @@ impl State {
             let hash = key_hash(key);
             let owner = owner_of_hash(hash, shard.count);
             if owner == shard.index {
-                if ctx.output.len() >= crate::server::connection::OUTPUT_SOFT_CAP {
+                if ctx.output.len() >= crate::server::output::OUTPUT_SOFT_CAP {
                     return Step::Paused;
                 }
                 let now = Now {
@@ -349,7 +349,7 @@ impl State {
                 started,
                 seq,
             };
-            conn.complete(&shard, completion);
+            shard.complete(&conn, completion);
         });
     }
 

@@ -2,7 +2,7 @@
 //! answered here, on the core that owns its key, in the compute queue, or by a gather over
 //! every core (Stats). Replies carry the request's id, so they leave as they are ready.
 
-use super::{Ctx, Peek, Step};
+use super::{Peek, Step};
 use crate::error::RequestError;
 use crate::ops;
 use crate::protocol::frame::{self, Peek as FramePeek};
@@ -14,7 +14,7 @@ use crate::server::compute::ComputeJob;
 use crate::server::mailbox::Completion;
 use crate::server::message::{Forwarded, PeerRequest, Pending};
 use crate::server::peer::{self, Broadcast};
-use crate::server::router::{self, Forward};
+use crate::server::router::{self, Ctx, Forward};
 use crate::server::shard::Shard;
 
 pub fn peek(shard: &Shard, input: &[u8]) -> Peek {
@@ -153,7 +153,7 @@ pub fn route(ctx: &mut Ctx<'_>, input: &[u8]) -> Step {
                     started,
                     seq: 0,
                 };
-                conn.complete(&shard, completion);
+                shard.complete(&conn, completion);
             });
             true
         }

@@ -1,0 +1,205 @@
+//! One core's life: start-up (its state, its listeners, the tasks that serve its peers and its
+//! compute queue), accepting connections, the timeout tick, and the drain at shutdown.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::Socket;
+
+use super::codec::Protocol;
+use super::connection;
+use super::mailbox::{CloseReason, Completion, ConnShared};
+use super::peer;
+use super::shard::{Global, Shard, ShardMeshEnds};
+use crate::config::Config;
+use crate::metrics::{Metrics, ShardReport};
+use crate::ops;
+use crate::protocol::{OpKind, Reply};
+use crate::runtime::net::Listener;
+use crate::runtime::{self, BackgroundQueue};
+
+/// Shares of the compute task queue; network tasks have glommio's default 1000.
+const COMPUTE_SHARES: usize = 100;
+
+/// What the bootstrap hands to each core.
+pub struct ShardSetup {
+    pub index: usize,
+    pub cpu: usize,
+    pub config: Config,
+    pub global: Arc<Global>,
+    /// Each listener and the protocol it serves.
+    pub listeners: Vec<(Socket, Protocol)>,
+    pub shard_ports: Vec<u16>,
+    pub mesh: ShardMeshEnds,
+    /// Told once this core is connected to its peers and accepting.
+    pub ready: std::sync::mpsc::Sender<()>,
+}
+
+/// Runs one core's server until shutdown has been drained; returns its report.
+pub async fn run(setup: ShardSetup) -> ShardReport {
+    let config = setup.config;
+    if let Err(e) = runtime::poller::start(config.idle_poll) {
+        // Every connection would fail the same way; say why once.
+        tracing::error!("core {}: cannot make its epoll set: {e}", setup.index);
+    }
+    let mesh = setup.mesh.connect().await;
+    let shard = Rc::new(Shard::new(
+        setup.index,
+        setup.cpu,
+        config,
+        setup.global,
+        setup.shard_ports,
+        mesh,
+    ));
+
+    for (socket, protocol) in setup.listeners {
+        runtime::spawn(accept_loop(
+            shard.clone(),
+            Listener::adopt(socket),
+            protocol,
+        ));
+    }
+    let mut peer_tasks = Vec::new();
+    for (_, link) in shard.mesh.links() {
+        let server = runtime::spawn_joinable(peer::serve_requests(shard.clone(), link.clone()));
+        let receiver = runtime::spawn_joinable(peer::receive_replies(shard.clone(), link.clone()));
+        peer_tasks.push((link.clone(), server, receiver));
+    }
+    BackgroundQueue::new("compute", COMPUTE_SHARES).spawn(compute_worker(shard.clone()));
+    // The receiver may be gone if the bootstrap gave up on another core; nothing to do then.
+    let _ = setup.ready.send(());
+
+    tick_until_shutdown(&shard).await;
+
+    // Drain: stop accepting and reading, answer what was read, then close.
+    shard.begin_drain();
+    let drained = futures_lite::future::or(
+        async {
+            shard.no_connections.wait().await;
+            true
+        },
+        async {
+            runtime::sleep(shard.config.drain_timeout).await;
+            false
+        },
+    )
+    .await;
+    if !drained {
+        tracing::warn!(
+            core = shard.index,
+            open = shard.connections.borrow().len(),
+            "drain timeout: closing the remaining connections"
+        );
+        shard.close_all(CloseReason::DrainTimeout);
+        shard.no_connections.wait().await;
+    }
+    shard.compute.close();
+
+    // Tell peers this core sends no more requests; keep answering theirs until they say the
+    // same. Each core's replies close only after its peers' requests have, so no request
+    // between two cores is ever left without its reply.
+    for (link, _, _) in &peer_tasks {
+        link.close_requests();
+    }
+    let mut receivers = Vec::new();
+    for (link, server, receiver) in peer_tasks {
+        server.join().await;
+        link.close_replies();
+        receivers.push(receiver);
+    }
+    for receiver in receivers {
+        receiver.join().await;
+    }
+
+    let store = shard.store.borrow().stats();
+    let metrics = std::mem::replace(&mut *shard.metrics.borrow_mut(), Metrics::new(0));
+    ShardReport {
+        cpu: shard.cpu,
+        metrics,
+        store,
+    }
+}
+
+/// Checks timeouts every tick until the process is told to shut down.
+async fn tick_until_shutdown(shard: &Shard) {
+    let tick = (shard.config.frame_timeout.min(shard.config.idle_timeout) / 4)
+        .clamp(Duration::from_millis(1), Duration::from_millis(100));
+    while !shard.global.shutdown.load(Ordering::Acquire) {
+        runtime::sleep(tick).await;
+        shard.enforce_timeouts(Instant::now());
+        // Reclaim expired items a bounded slice at a time, so no request waits behind it.
+        let now_ms = shard.now_ms();
+        shard.store.borrow_mut().sweep(now_ms);
+    }
+}
+
+/// Accepts connections speaking `protocol` until the shard drains, each served by its own
+/// task.
+async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.draining.wait().await;
+            None
+        })
+        .await;
+        let conn = match accepted {
+            None => return,
+            Some(Ok(conn)) => conn,
+            Some(Err(e)) => {
+                // Typically EMFILE or ENFILE: back off instead of spinning on the error.
+                tracing::warn!(core = shard.index, "accept failed: {e}");
+                runtime::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if !shard.global.try_open(shard.config.max_connections) {
+            shard.metrics.borrow_mut().connections_refused += 1;
+            drop(conn);
+            continue;
+        }
+        if let Err(e) = conn.set_nodelay() {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        {
+            let mut m = shard.metrics.borrow_mut();
+            m.connections_accepted += 1;
+            m.connections_open += 1;
+        }
+        let ordered = protocol == Protocol::Memcache;
+        let shared = Rc::new(ConnShared::new(Instant::now(), ordered));
+        let key = shard.connections.borrow_mut().insert(shared.clone());
+        let shard = shard.clone();
+        runtime::spawn(async move {
+            connection::serve(&shard, conn, &shared, protocol).await;
+            shard.connections.borrow_mut().remove(key);
+            shard.global.close();
+            shard.metrics.borrow_mut().connections_open -= 1;
+            if shard.draining.is_set() && shard.connections.borrow().is_empty() {
+                shard.no_connections.set();
+            }
+        });
+    }
+}
+
+/// Runs queued jobs one at a time until the queue is closed and empty.
+async fn compute_worker(shard: Rc<Shard>) {
+    while let Some(mut job) = shard.compute.next().await {
+        let digest = ops::compute::digest(job.algo, &job.buf, job.rounds).await;
+        job.buf.clear();
+        let reply = Reply::Digest {
+            digest: digest.as_bytes(),
+        };
+        shard.encoder.borrow_mut().ok(job.id, &reply, &mut job.buf);
+        shard.complete(
+            &job.conn,
+            Completion {
+                frame: job.buf,
+                kind: OpKind::Compute,
+                started: job.started,
+                seq: 0,
+            },
+        );
+    }
+}
