@@ -21,8 +21,10 @@ use anyhow::anyhow;
 use percore::runtime::{self, Executor};
 
 use crate::cli::{Plan, Stop};
-use crate::conn::{CoreCtx, Schedule, Slot};
+use crate::conn::Slot;
+use crate::context::CoreCtx;
 use crate::report::Progress;
+use crate::schedule::Schedule;
 use crate::stats::{Recorder, Tick};
 
 /// Intervals the main thread may fall behind by before a core drops one (each is a few

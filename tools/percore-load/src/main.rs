@@ -3,15 +3,20 @@
 //! HdrHistogram corrected for coordinated omission in open loop, as wrk2 does.
 //!
 //! Modules: [`cli`] (arguments and the checked plan), [`workload`] (operations, keys, values
-//! and their checksums), [`codec`] (the two wire protocols), [`conn`] (one connection's send
-//! and check loop), [`stats`] (histograms and counters), [`engine`] (pinned executors and the
-//! main thread), [`report`] (progress lines, the exit report and the output files).
+//! and their checksums), [`codec`] (the two wire protocols), [`context`] (what a core's
+//! connections share), [`schedule`] (when each connection sends), [`conn`] (one connection's
+//! socket loop), [`check`] (the verdict on each reply, and the --verify-keys bookkeeping),
+//! [`stats`] (histograms and counters), [`engine`] (pinned executors and the main thread),
+//! [`report`] (progress lines, the exit report and the output files).
 
+mod check;
 mod cli;
 mod codec;
 mod conn;
+mod context;
 mod engine;
 mod report;
+mod schedule;
 mod stats;
 mod workload;
 
