@@ -23,9 +23,9 @@ use percore::runtime::{self, Executor};
 use crate::cli::{Plan, Stop};
 use crate::conn::Slot;
 use crate::context::CoreCtx;
-use crate::report::Progress;
+use crate::progress::Progress;
 use crate::schedule::Schedule;
-use crate::stats::{Recorder, Tick};
+use crate::stats::{first_tick, tick_time, Recorder, Tick};
 
 /// Intervals the main thread may fall behind by before a core drops one (each is a few
 /// histograms; the main thread normally takes them as they come).
@@ -38,27 +38,6 @@ pub struct Outcome {
     pub duration: Duration,
     /// Intervals dropped because the main thread fell behind.
     pub dropped_ticks: u64,
-}
-
-/// The end of interval `index`: measure start + `index` seconds.
-pub fn tick_time(measure_start: Instant, index: i64) -> Instant {
-    let offset = Duration::from_secs(index.unsigned_abs());
-    if index >= 0 {
-        measure_start + offset
-    } else {
-        measure_start.checked_sub(offset).unwrap_or(measure_start)
-    }
-}
-
-/// The first interval's index: the first whole second after measure start - warmup.
-pub fn first_tick(warmup: Duration) -> i64 {
-    // The smallest k with measure_start + k s > start, i.e. k > -warmup.
-    let whole = i64::try_from(warmup.as_secs()).unwrap_or(i64::MAX);
-    if warmup.subsec_nanos() == 0 {
-        1 - whole
-    } else {
-        -whole
-    }
 }
 
 pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
@@ -261,20 +240,4 @@ async fn core_main(
     tx.borrow_mut().take();
     let recorder = std::mem::take(&mut *ctx.recorder.borrow_mut());
     Ok(recorder)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_start_at_the_first_whole_second_of_the_run() {
-        assert_eq!(first_tick(Duration::ZERO), 1);
-        assert_eq!(first_tick(Duration::from_secs(2)), -1);
-        assert_eq!(first_tick(Duration::from_millis(2500)), -2);
-        assert_eq!(first_tick(Duration::from_millis(300)), 0);
-        let t = Instant::now() + Duration::from_secs(10);
-        assert_eq!(tick_time(t, -2), t - Duration::from_secs(2));
-        assert_eq!(tick_time(t, 3), t + Duration::from_secs(3));
-    }
 }

@@ -7,7 +7,8 @@
 //! connections share), [`schedule`] (when each connection sends), [`conn`] (one connection's
 //! socket loop), [`check`] (the verdict on each reply, and the --verify-keys bookkeeping),
 //! [`stats`] (histograms and counters), [`engine`] (pinned executors and the main thread),
-//! [`report`] (progress lines, the exit report and the output files).
+//! [`progress`] (the progress lines and the interval log during the run), [`report`] (the exit
+//! report and the output files).
 
 mod check;
 mod cli;
@@ -15,6 +16,7 @@ mod codec;
 mod conn;
 mod context;
 mod engine;
+mod progress;
 mod report;
 mod schedule;
 mod stats;

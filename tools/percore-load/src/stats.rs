@@ -25,6 +25,23 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_NS, SIGNIFICANT_DIGITS).expect("valid histogram bounds")
 }
 
+/// Histograms hold nanoseconds; the text distribution shows milliseconds.
+pub const NS_PER_MS: f64 = 1e6;
+
+pub fn percentile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / NS_PER_MS
+}
+
+/// The histogram of all operations together.
+pub fn merged<'a>(hs: impl IntoIterator<Item = &'a Histogram<u64>>) -> Histogram<u64> {
+    let mut all = new_histogram();
+    for h in hs {
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = all.add(h);
+    }
+    all
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
@@ -313,6 +330,27 @@ pub struct Tick {
     pub counts: Counts,
 }
 
+/// The end of interval `index`: measure start + `index` seconds.
+pub fn tick_time(measure_start: Instant, index: i64) -> Instant {
+    let offset = Duration::from_secs(index.unsigned_abs());
+    if index >= 0 {
+        measure_start + offset
+    } else {
+        measure_start.checked_sub(offset).unwrap_or(measure_start)
+    }
+}
+
+/// The first interval's index: the first whole second after measure start - warmup.
+pub fn first_tick(warmup: Duration) -> i64 {
+    // The smallest k with measure_start + k s > start, i.e. k > -warmup.
+    let whole = i64::try_from(warmup.as_secs()).unwrap_or(i64::MAX);
+    if warmup.subsec_nanos() == 0 {
+        1 - whole
+    } else {
+        -whole
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +395,16 @@ mod tests {
         assert_eq!(r.counts.misses, 3);
         assert_eq!(r.latency[1].len(), 16);
         assert!(r.latency[1].equivalent(r.latency[1].min(), r.latency[1].max()));
+    }
+
+    #[test]
+    fn ticks_start_at_the_first_whole_second_of_the_run() {
+        assert_eq!(first_tick(Duration::ZERO), 1);
+        assert_eq!(first_tick(Duration::from_secs(2)), -1);
+        assert_eq!(first_tick(Duration::from_millis(2500)), -2);
+        assert_eq!(first_tick(Duration::from_millis(300)), 0);
+        let t = Instant::now() + Duration::from_secs(10);
+        assert_eq!(tick_time(t, -2), t - Duration::from_secs(2));
+        assert_eq!(tick_time(t, 3), t + Duration::from_secs(3));
     }
 }
