@@ -2,7 +2,9 @@
 //! both speak.
 //!
 //! One glommio executor runs pinned on each chosen CPU and owns a shard of the keyspace; cores
-//! share nothing and talk only through bounded request/reply channels. Where things live:
+//! share nothing and talk only through bounded request/reply channels. `docs/architecture.md`
+//! follows a request through the parts and says where each limit is enforced. Where things
+//! live:
 //!
 //! - [`protocol`]: the wire format (length-prefixed FlatBuffers), frame splitting, request and
 //!   response codecs, key-to-shard hashing. Shared by everything below.

@@ -291,7 +291,8 @@ fn meta_commands() {
     exchange(
         &mut s,
         b"md mk\r\nmd mk\r\nmd mk q\r\nmn\r\n",
-        b"HD\r\nNF\r\nMN\r\n",
+        // `q` hides HD, not NF (memcached's rule).
+        b"HD\r\nNF\r\nNF\r\nMN\r\n",
     );
     exchange(&mut s, b"mg x !\r\n", b"CLIENT_ERROR invalid flag\r\n");
 }
@@ -309,7 +310,7 @@ fn bad_input_gets_memcached_answers_and_the_stream_stays_in_step() {
     );
     exchange(
         &mut s,
-        b"get bad\x01key\r\n",
+        b"get bad\0key\r\n",
         b"CLIENT_ERROR bad command line format\r\n",
     );
     exchange(
