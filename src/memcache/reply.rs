@@ -46,6 +46,16 @@ pub fn stat(out: &mut BytesMut, name: &str, value: impl std::fmt::Display) {
     let _ = write!(out, "STAT {name} {value}\r\n");
 }
 
+fn flag_number(out: &mut BytesMut, flag: u8, n: impl itoa::Integer) {
+    out.extend_from_slice(&[b' ', flag]);
+    number(out, n);
+}
+
+fn flag_bytes(out: &mut BytesMut, flag: u8, bytes: &[u8]) {
+    out.extend_from_slice(&[b' ', flag]);
+    out.extend_from_slice(bytes);
+}
+
 /// What a meta reply can say about an item, for the flags that ask for it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ItemInfo {
@@ -91,35 +101,14 @@ pub fn meta(
         match flag {
             // `b` comes back last, with the key, to say the key is base64.
             b'b' => continue,
-            b'c' => {
-                out.extend_from_slice(b" c");
-                number(out, item.cas);
-            }
-            b'f' => {
-                out.extend_from_slice(b" f");
-                number(out, item.client_flags);
-            }
-            b'h' => out.extend_from_slice(if item.fetched_before { b" h1" } else { b" h0" }),
-            b'k' => {
-                out.extend_from_slice(b" k");
-                out.extend_from_slice(key.wire);
-            }
-            b'l' => {
-                out.extend_from_slice(b" l");
-                number(out, item.idle_s);
-            }
-            b'O' => {
-                out.extend_from_slice(b" O");
-                out.extend_from_slice(token);
-            }
-            b's' => {
-                out.extend_from_slice(b" s");
-                number(out, item.size);
-            }
-            b't' => {
-                out.extend_from_slice(b" t");
-                number(out, item.ttl_s);
-            }
+            b'c' => flag_number(out, b'c', item.cas),
+            b'f' => flag_number(out, b'f', item.client_flags),
+            b'h' => flag_number(out, b'h', u8::from(item.fetched_before)),
+            b'l' => flag_number(out, b'l', item.idle_s),
+            b's' => flag_number(out, b's', item.size),
+            b't' => flag_number(out, b't', item.ttl_s),
+            b'k' => flag_bytes(out, b'k', key.wire),
+            b'O' => flag_bytes(out, b'O', token),
             _ => {}
         }
     }

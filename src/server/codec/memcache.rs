@@ -44,6 +44,30 @@ fn error(ctx: &mut Ctx<'_>, e: Error) {
     }
 }
 
+/// Sends the command `write` puts into a pooled buffer to core `owner`, with a place for its
+/// reply among the connection's replies. Returns what became of it and the place.
+fn send_text(
+    ctx: &mut Ctx<'_>,
+    kind: OpKind,
+    owner: usize,
+    hash: u64,
+    write: impl FnOnce(&mut BytesMut),
+) -> (Forward, u64) {
+    let seq = ctx.output.reserve();
+    let pending = Pending::Kv {
+        conn: ctx.conn.clone(),
+        kind,
+        started: ctx.batch.started,
+        seq,
+    };
+    let sent = router::forward(ctx, owner, kind, pending, |ticket, mut buf| {
+        buf.clear();
+        write(&mut buf);
+        PeerRequest::Memcache { ticket, hash, buf }
+    });
+    (sent, seq)
+}
+
 impl State {
     pub fn peek(&self, input: &[u8]) -> Peek {
         if self.discard > 0 {
@@ -182,19 +206,10 @@ impl State {
             shard.store.borrow_mut().delete(hash, key, now_ms);
             return;
         }
-        let seq = ctx.output.reserve();
-        let pending = Pending::Kv {
-            conn: ctx.conn.clone(),
-            kind: OpKind::Delete,
-            started: ctx.batch.started,
-            seq,
-        };
-        let sent = router::forward(ctx, owner, OpKind::Delete, pending, |ticket, mut buf| {
-            buf.clear();
+        let (sent, seq) = send_text(ctx, OpKind::Delete, owner, hash, |buf| {
             buf.extend_from_slice(b"delete ");
             buf.extend_from_slice(key);
             buf.extend_from_slice(b" noreply\r\n");
-            PeerRequest::Memcache { ticket, hash, buf }
         });
         if !matches!(sent, Forward::Sent) {
             // Best effort, as in memcached under memory pressure: the error still goes out.
@@ -216,18 +231,7 @@ impl State {
         if !ctx.window_open() {
             return Step::Paused;
         }
-        let seq = ctx.output.reserve();
-        let pending = Pending::Kv {
-            conn: ctx.conn.clone(),
-            kind,
-            started: ctx.batch.started,
-            seq,
-        };
-        let sent = router::forward(ctx, owner, kind, pending, |ticket, mut buf| {
-            buf.clear();
-            buf.extend_from_slice(text);
-            PeerRequest::Memcache { ticket, hash, buf }
-        });
+        let (sent, seq) = send_text(ctx, kind, owner, hash, |buf| buf.extend_from_slice(text));
         self.settle(ctx, sent, seq, Step::Consumed(len))
     }
 
@@ -292,16 +296,8 @@ impl State {
                 if !ctx.window_open() {
                     return Step::Paused;
                 }
-                let seq = ctx.output.reserve();
-                let pending = Pending::Kv {
-                    conn: ctx.conn.clone(),
-                    kind: OpKind::Get,
-                    started: ctx.batch.started,
-                    seq,
-                };
-                let sent = router::forward(ctx, owner, OpKind::Get, pending, |ticket, mut buf| {
+                let (sent, seq) = send_text(ctx, OpKind::Get, owner, hash, |buf| {
                     // The owner reads the same command, for this key alone.
-                    buf.clear();
                     buf.extend_from_slice(retrieval.name());
                     if matches!(
                         retrieval,
@@ -312,7 +308,6 @@ impl State {
                     buf.extend_from_slice(b" ");
                     buf.extend_from_slice(key);
                     buf.extend_from_slice(b"\r\n");
-                    PeerRequest::Memcache { ticket, hash, buf }
                 });
                 if let Step::NeedsPermit(peer) = self.settle(ctx, sent, seq, Step::Paused) {
                     return Step::NeedsPermit(peer);
