@@ -1,5 +1,5 @@
-//! Every bad input in DESIGN.md's list gets its documented answer, and never disturbs another
-//! connection.
+//! Every bad input in docs/protocol.md's "Bad input" list gets its documented answer, and never
+//! disturbs another connection.
 
 mod common;
 use common::*;

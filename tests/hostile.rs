@@ -243,8 +243,8 @@ fn trickle(
 ///
 /// The server runs with `--idle-poll 0`, the setting for cores it does not have to itself: here
 /// its two cores are the machine's only two, shared with the probe and the trickler threads.
-/// With 20 us of polling (the default then) the unoptimized build measured median ratios of 2.5
-/// to 3.6, the release build 1.6 and 1.7; see docs/performance.md. The tests' server is built
+/// With 20 us of polling the unoptimized build measured median ratios of 2.5 to 3.6, the release
+/// build 1.6 and 1.7 (docs/performance.md, "The idle-poll window"). The tests' server is built
 /// with opt-level 1 (Cargo.toml says why).
 #[test]
 fn slowloris_tricklers_time_out_without_slowing_other_clients() {

@@ -36,10 +36,10 @@ use slab::Slab;
 
 /// How long a server core keeps looking after its last event before it may sleep (the
 /// `--idle-poll` default). Each sleep costs a wake-up later, and every connection then waits
-/// through glommio, whose completions interrupt the running core. Measured on the project's
-/// 2-CPU machine (docs/performance.md, change 5): at ping pipeline 16, 20 us let the core sleep
-/// some 100 times a second, for 2,000 rescheduling interrupts a second, and 100 us about 85;
-/// with the clients on the same CPUs as a 2-core server, 100 us also gave 1.15x the
+/// through glommio, whose completions interrupt the running core. On the project's 2-CPU
+/// machine (docs/performance.md, "The idle-poll window"), at ping pipeline 16, 20 us let the
+/// core sleep some 100 times a second, for 2,000 rescheduling interrupts a second, and 100 us
+/// about 85; with the clients on the same CPUs as a 2-core server, 100 us also gave 1.15x the
 /// throughput of 20 us.
 pub const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(100);
 
