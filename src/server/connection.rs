@@ -225,6 +225,13 @@ impl Session<'_> {
                         *keep = keep.saturating_sub(1);
                     }
                     self.input.advance(n);
+                    // A request is whole: what follows it is a new one, whose clock starts
+                    // when the loop next waits for its bytes.
+                    self.shared.frame_started.set(None);
+                }
+                Step::Discarded(n) => {
+                    router::release(self.shard, unused);
+                    self.input.advance(n);
                 }
                 Step::NeedsPermit(peer) => {
                     router::release(self.shard, unused);
@@ -235,6 +242,7 @@ impl Session<'_> {
                         link.reserve().await;
                         reserved = Some(peer);
                     }
+                    batch.waited();
                 }
                 Step::Paused => {
                     router::release(self.shard, unused);
@@ -294,6 +302,9 @@ impl Session<'_> {
                 Some(Ok(0)) | Some(Err(_)) | None => return false,
                 Some(Ok(n)) => {
                     written += n;
+                    self.shared
+                        .drained
+                        .set(self.shared.drained.get() + n as u64);
                     self.shared.last_active.set(Instant::now());
                     self.shared.unwritten.set(self.output.len() - written);
                 }

@@ -20,6 +20,12 @@ use crate::protocol::OpKind;
 /// closed as a slow reader. (On the way back, such replies are bounded by
 /// [`super::peer::REPLY_BACKLOG`].)
 pub const OWED_HARD_CAP: usize = 64 << 20;
+/// A connection that owes more than this must take at least as much in every
+/// `--frame-timeout`, or it is closed as a slow reader: a client reading a trickle would
+/// otherwise keep the server holding its replies forever, every read of it counting as
+/// activity. (At the default 10 s that is 25 KiB/s while it owes over 256 KiB, the size of the
+/// output at which a connection stops answering.)
+pub const SLOW_READER_OWED: usize = 256 << 10;
 
 /// A reply produced away from the connection's task.
 pub struct Completion {
@@ -49,7 +55,8 @@ pub enum CloseReason {
     IdleTimeout,
     FrameTimeout,
     DrainTimeout,
-    /// The client let more than [`OWED_HARD_CAP`] of replies pile up unread.
+    /// The client let more than [`OWED_HARD_CAP`] of replies pile up unread, or took less than
+    /// [`SLOW_READER_OWED`] in a `--frame-timeout` while it owed more.
     SlowReader,
 }
 
@@ -71,6 +78,10 @@ pub struct ConnShared {
     /// owed, which [`OWED_HARD_CAP`] bounds.
     pub(super) unwritten: Cell<usize>,
     pub(super) last_active: Cell<Instant>,
+    /// Bytes written to the client so far.
+    pub(super) drained: Cell<u64>,
+    /// While the connection owes over [`SLOW_READER_OWED`]: since when, and `drained` then.
+    owing_since: Cell<Option<(Instant, u64)>>,
     /// When the partial request now in the buffer started arriving.
     pub(super) frame_started: Cell<Option<Instant>>,
     pub(super) close: Cell<Option<CloseReason>>,
@@ -90,6 +101,8 @@ impl ConnShared {
             completed: Cell::new(0),
             unwritten: Cell::new(0),
             last_active: Cell::new(now),
+            drained: Cell::new(0),
+            owing_since: Cell::new(None),
             frame_started: Cell::new(None),
             close: Cell::new(None),
             ended: Cell::new(false),
@@ -134,12 +147,26 @@ impl ConnShared {
         self.wake.notify();
     }
 
-    /// The timeout this connection has run over at `now`, if any.
+    /// The timeout this connection has run over at `now`, if any. Called every tick.
     pub fn overdue(&self, now: Instant, idle: Duration, frame: Duration) -> Option<CloseReason> {
         if let Some(started) = self.frame_started.get() {
             if now.saturating_duration_since(started) > frame {
                 return Some(CloseReason::FrameTimeout);
             }
+        }
+        let owed = self.unwritten.get() + self.replies.borrow().len();
+        let drained = self.drained.get();
+        match self.owing_since.get() {
+            _ if owed <= SLOW_READER_OWED => self.owing_since.set(None),
+            None => self.owing_since.set(Some((now, drained))),
+            Some((since, drained_then)) if now.saturating_duration_since(since) > frame => {
+                if drained - drained_then < SLOW_READER_OWED as u64 {
+                    return Some(CloseReason::SlowReader);
+                }
+                // Enough progress: judge the next window.
+                self.owing_since.set(Some((now, drained)));
+            }
+            Some(_) => {}
         }
         (now.saturating_duration_since(self.last_active.get()) > idle)
             .then_some(CloseReason::IdleTimeout)

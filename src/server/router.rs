@@ -18,7 +18,11 @@ use crate::protocol::OpKind;
 /// once when the batch's replies are all encoded, not twice per request (at hundreds of
 /// thousands of requests a second the reads showed up in profiles).
 pub struct Batch {
+    /// When the read returned: where the service time of the batch's requests starts.
     pub started: Instant,
+    /// The store's clock for the requests routed now: read when routing starts, and again
+    /// after any wait, so a TTL counts from when a request runs, not from when it was read.
+    now: Instant,
     pub answered: [u64; OpKind::COUNT],
     /// Unix time, read once per batch when a command needs it (memcached's absolute exptimes).
     unix: Option<i64>,
@@ -29,9 +33,21 @@ impl Batch {
     pub fn new(started: Instant) -> Batch {
         Batch {
             started,
+            now: Instant::now(),
             answered: [0; OpKind::COUNT],
             unix: None,
         }
+    }
+
+    /// The routing waited (for a mesh permit): the store's clock moves on.
+    pub fn waited(&mut self) {
+        self.now = Instant::now();
+        self.unix = None;
+    }
+
+    /// The store's clock for requests routed now (milliseconds since the core started).
+    pub fn store_ms(&self, shard: &Shard) -> u64 {
+        shard.ms_since_start(self.now)
     }
 
     /// Seconds since the Unix epoch, read once per batch.

@@ -88,7 +88,7 @@ impl State {
         if self.discard > 0 {
             let n = self.discard.min(input.len());
             self.discard -= n;
-            return Some(Step::Consumed(n));
+            return Some(Step::Discarded(n));
         }
         match command::parse(input) {
             Parsed::Command { .. } => None,
@@ -109,7 +109,12 @@ impl State {
                 error(ctx, e);
                 let n = skip.min(input.len());
                 self.discard = skip - n;
-                Some(Step::Consumed(n))
+                // What is left to discard is the rest of this request, still arriving.
+                Some(if self.discard > 0 {
+                    Step::Discarded(n)
+                } else {
+                    Step::Consumed(n)
+                })
             }
         }
     }
@@ -177,7 +182,7 @@ impl State {
                 let owner = owner_of_hash(hash, shard.count);
                 if owner == shard.index {
                     let now = Now {
-                        ms: shard.ms_since_start(ctx.batch.started),
+                        ms: ctx.batch.store_ms(shard),
                         unix: ctx.batch.unix_now(),
                     };
                     let mut store = shard.store.borrow_mut();
@@ -202,7 +207,7 @@ impl State {
         let hash = key_hash(key);
         let owner = owner_of_hash(hash, shard.count);
         if owner == shard.index {
-            let now_ms = shard.ms_since_start(ctx.batch.started);
+            let now_ms = ctx.batch.store_ms(shard);
             shard.store.borrow_mut().delete(hash, key, now_ms);
             return;
         }
@@ -283,7 +288,7 @@ impl State {
                     return Step::Paused;
                 }
                 let now = Now {
-                    ms: shard.ms_since_start(ctx.batch.started),
+                    ms: ctx.batch.store_ms(shard),
                     unix: ctx.batch.unix_now(),
                 };
                 let mut store = shard.store.borrow_mut();

@@ -34,6 +34,9 @@ pub enum Peek {
 pub enum Step {
     /// Done with `n` bytes of input; its replies are in the output or on their way.
     Consumed(usize),
+    /// `n` bytes of a request still arriving were dropped (the rest of a refused data block):
+    /// the request is not done, and its `--frame-timeout` clock keeps running.
+    Discarded(usize),
     /// Every slot to core `peer` is taken: wait for one (and pass it back as `reserved`), then
     /// route the same request again. A request of many keys goes on where it stopped.
     NeedsPermit(usize),

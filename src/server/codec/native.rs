@@ -82,7 +82,7 @@ pub fn route(ctx: &mut Ctx<'_>, input: &[u8]) -> Step {
             let hash = key_hash(key);
             let owner = owner_of_hash(hash, shard.count);
             if owner == shard.index {
-                let now_ms = shard.ms_since_start(started);
+                let now_ms = ctx.batch.store_ms(shard);
                 let mut store = shard.store.borrow_mut();
                 let result = ops::kv::execute(&mut store, hash, &request.op, now_ms);
                 shard.encoder.borrow_mut().encode(id, result, out);
