@@ -34,6 +34,8 @@ pub struct Metrics {
     pub unanswered: u64,
     /// Requests this core sent to the core that owns their key.
     pub forwarded: u64,
+    /// Gathers over every core this core started (Stats, flush_all); concurrent Stats share one.
+    pub gathers: u64,
     /// Service time (read to reply queued for writing) by operation, in nanoseconds.
     pub latency: [Histogram<u64>; OpKind::COUNT],
 }
@@ -49,6 +51,7 @@ impl Metrics {
             rejected: 0,
             unanswered: 0,
             forwarded: 0,
+            gathers: 0,
             latency: std::array::from_fn(|_| new_histogram()),
         }
     }
@@ -198,7 +201,7 @@ impl fmt::Display for ExitReport {
                 f,
                 "core {:>3} (cpu {:>3}): requests {} connections {} refused {} forwarded {} \
                  rejected {} unanswered {} items {} bytes {} reserved {} hits {} misses {} \
-                 expirations {} evictions {}",
+                 expirations {} evictions {} gathers {}",
                 m.shard,
                 s.cpu,
                 m.requests.iter().sum::<u64>(),
@@ -214,6 +217,7 @@ impl fmt::Display for ExitReport {
                 s.store.misses,
                 s.store.expirations,
                 s.store.evictions,
+                m.gathers,
             )?;
         }
         Ok(())

@@ -160,3 +160,42 @@ fn a_set_that_waited_behind_a_full_output_is_not_born_expired() {
         "the Set was stored with the clock of the read, 600 ms before it ran"
     );
 }
+
+/// A flood of Stats does not amplify: concurrent Stats on a core share one gather over the
+/// cores, and gathers travel on the mesh's control slots, so Gets forwarded meanwhile are
+/// still answered.
+#[test]
+fn a_flood_of_stats_shares_gathers_and_leaves_forwarded_gets_their_permits() {
+    let server = Server::start(&["--cores", &common::test_cores().to_string()]);
+    let cores = common::test_cores();
+    let mut flood = Wire::connect(server.addr);
+    let stats: Vec<u8> = (0..2000u64).flat_map(|i| frame(i, &Op::Stats)).collect();
+    flood.send(&stats);
+    // Meanwhile, Gets of keys every core owns.
+    let mut bystander = Wire::connect(server.addr);
+    for i in 0..200u64 {
+        let key = format!("key-{i}");
+        bystander.send(&frame(
+            i,
+            &Op::Get {
+                key: key.as_bytes(),
+            },
+        ));
+        let (id, status, _) = bystander.answer();
+        assert_eq!((id, status), (i, Status::NotFound));
+    }
+    for _ in 0..2000 {
+        let reply = flood.recv().expect("every Stats is answered");
+        let view = percore::protocol::ResponseView::decode(&reply).unwrap();
+        assert_eq!(view.status, Status::Ok);
+        assert_eq!(view.shard_stats().len(), cores);
+    }
+    drop((flood, bystander));
+    let stopped = server.stop(Duration::from_secs(10));
+    let gathers = common::report_core_sum(&stopped.stdout, "gathers");
+    println!("2000 pipelined Stats: {gathers} gathers");
+    assert!(
+        (1..=200).contains(&gathers),
+        "2000 pipelined Stats made {gathers} gathers over the cores"
+    );
+}

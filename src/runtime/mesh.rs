@@ -48,8 +48,11 @@ struct LinkEnds<Req: Send + 'static, Rep: Send + 'static> {
     replies_in: End<SharedReceiver<Weighed<Rep>>>,
 }
 
-/// A reply with the bytes its sender counted for it.
-type Weighed<Rep> = (Rep, usize);
+/// A reply with the bytes its sender counted for it, and whether it answers a control request.
+type Weighed<Rep> = (Rep, usize, bool);
+
+/// Slots per channel beyond the permits, for control requests (see [`Link::reserve_control`]).
+const CONTROL_SLOTS: usize = 1;
 
 /// What has gone through one channel. Only the sending core writes `sent` and `closed`, and
 /// only the receiving core `taken` and `receiver_gone`; `bytes` goes up on the sending core
@@ -103,10 +106,10 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
             if a == b {
                 continue;
             }
-            let (tx, rx) = channel(capacity);
+            let (tx, rx) = channel(capacity + CONTROL_SLOTS);
             req_tx[a][b] = Some(tx); // a sends requests to b
             req_rx[b][a] = Some(rx); // b receives requests from a
-            let (tx, rx) = channel(capacity);
+            let (tx, rx) = channel(capacity + CONTROL_SLOTS);
             rep_tx[b][a] = Some(tx); // b replies to a
             rep_rx[a][b] = Some(rx); // a receives b's replies
         }
@@ -161,6 +164,7 @@ impl<Req: Send + 'static, Rep: Send + 'static> MeshEnds<Req, Rep> {
                             replies_out,
                             replies_in,
                             permits: Semaphore::new(capacity),
+                            control: Semaphore::new(CONTROL_SLOTS as u64),
                         })
                     })
                 })
@@ -193,6 +197,9 @@ pub struct Link<Req: Send + 'static, Rep: Send + 'static> {
     replies_out: Outbound<Weighed<Rep>>,
     replies_in: Inbound<Weighed<Rep>>,
     permits: Semaphore,
+    /// Permits for control requests (counters, flushes): apart from `permits`, so that a burst
+    /// of them never takes a slot a request for a key needs.
+    control: Semaphore,
 }
 
 /// The sending end of one channel.
@@ -342,6 +349,17 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
             .inspect_err(|_| self.permits.signal(1))
     }
 
+    /// Waits for the control permit and sends a control request with it; the peer answers it
+    /// with [`Self::send_control_reply`]. Control requests have their own slot in each channel,
+    /// so they never wait for, or take, a permit of [`Self::reserve`].
+    pub async fn send_control(&self, request: Req) -> Result<(), SendError<Req>> {
+        // The semaphore is closed only when the link is dropped.
+        let _ = self.control.acquire(1).await;
+        self.requests_out
+            .send(request)
+            .inspect_err(|_| self.control.signal(1))
+    }
+
     /// The next request from the peer; `None` once the peer has closed its side.
     pub async fn recv_request(&self) -> Option<Req> {
         self.requests_in.recv().await
@@ -350,12 +368,21 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
     /// Answers a request received from the peer, counting `bytes` for it until the peer takes
     /// it. Never waits: see the module comment.
     pub fn send_reply(&self, reply: Rep, bytes: usize) -> Result<(), SendError<Rep>> {
+        self.reply(reply, bytes, false)
+    }
+
+    /// Answers a control request received from the peer (see [`Self::send_control`]).
+    pub fn send_control_reply(&self, reply: Rep) -> Result<(), SendError<Rep>> {
+        self.reply(reply, 0, true)
+    }
+
+    fn reply(&self, reply: Rep, bytes: usize, control: bool) -> Result<(), SendError<Rep>> {
         let backlog = &self.replies_out.traffic.bytes;
         // Counted before the send, so the peer never takes away more than was added.
         backlog.fetch_add(bytes, Ordering::AcqRel);
         self.replies_out
-            .send((reply, bytes))
-            .map_err(|SendError((reply, _))| {
+            .send((reply, bytes, control))
+            .map_err(|SendError((reply, _, _))| {
                 backlog.fetch_sub(bytes, Ordering::AcqRel);
                 SendError(reply)
             })
@@ -376,12 +403,16 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
 
     /// The next reply from the peer, returning its permit; `None` once the peer has closed.
     pub async fn recv_reply(&self) -> Option<Rep> {
-        let (reply, bytes) = self.replies_in.recv().await?;
+        let (reply, bytes, control) = self.replies_in.recv().await?;
         self.replies_in
             .traffic
             .bytes
             .fetch_sub(bytes, Ordering::AcqRel);
-        self.permits.signal(1);
+        if control {
+            self.control.signal(1);
+        } else {
+            self.permits.signal(1);
+        }
         Some(reply)
     }
 

@@ -79,11 +79,14 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
                 PeerReply::Flushed { ticket }
             }
         };
-        let bytes = match &reply {
-            PeerReply::Kv { frame, .. } => frame.len(),
-            PeerReply::Stats { .. } | PeerReply::Flushed { .. } => 0,
+        let sent = match reply {
+            PeerReply::Kv { ref frame, .. } => {
+                let bytes = frame.len();
+                link.send_reply(reply, bytes)
+            }
+            PeerReply::Stats { .. } | PeerReply::Flushed { .. } => link.send_control_reply(reply),
         };
-        if link.send_reply(reply, bytes).is_err() {
+        if sent.is_err() {
             // The peer has shut down; nobody is waiting for this reply.
             tracing::debug!("dropped a reply to a core that has shut down");
         }
@@ -151,8 +154,36 @@ pub enum Broadcast {
 
 /// Asks every core, this one included, for `what`. Returns every core's counters in shard
 /// order (for a flush, once every core has applied it), or `None` when a core could not be
-/// asked (it is shutting down).
+/// asked (it is shutting down). Requests for counters that arrive while a gather of them is
+/// under way on this core share its answer, so a flood of them costs one gather at a time.
+/// Gathers travel on the mesh's control slots, never on the permits keys need.
 pub async fn gather(shard: &Rc<Shard>, what: Broadcast) -> Option<Vec<ShardStats>> {
+    if let Broadcast::Stats = what {
+        let running = shard.stats_gather.borrow().clone();
+        if let Some(running) = running {
+            running.finished.wait().await;
+            return running.result.borrow().clone();
+        }
+        let shared = Rc::new(SharedGather::default());
+        *shard.stats_gather.borrow_mut() = Some(shared.clone());
+        let result = gather_once(shard, what).await;
+        *shard.stats_gather.borrow_mut() = None;
+        *shared.result.borrow_mut() = result.clone();
+        shared.finished.set();
+        return result;
+    }
+    gather_once(shard, what).await
+}
+
+/// One gather over the mesh, and the result that the Stats waiting on it share.
+#[derive(Default)]
+pub struct SharedGather {
+    finished: super::notify::Latch,
+    result: std::cell::RefCell<Option<Vec<ShardStats>>>,
+}
+
+async fn gather_once(shard: &Rc<Shard>, what: Broadcast) -> Option<Vec<ShardStats>> {
+    shard.metrics.borrow_mut().gathers += 1;
     let peers = shard.mesh.links().count();
     let gather = Rc::new(Gather::default());
     // Counted up front: a reply may arrive while this task waits for the next permit.
@@ -166,7 +197,6 @@ pub async fn gather(shard: &Rc<Shard>, what: Broadcast) -> Option<Vec<ShardStats
     }
     let mut complete = true;
     for (_, link) in shard.mesh.links() {
-        link.reserve().await;
         let ticket = shard
             .pending
             .borrow_mut()
@@ -175,7 +205,7 @@ pub async fn gather(shard: &Rc<Shard>, what: Broadcast) -> Option<Vec<ShardStats
             Broadcast::Stats => PeerRequest::Stats { ticket },
             Broadcast::Flush { delay_ms } => PeerRequest::Flush { ticket, delay_ms },
         };
-        if link.send_request(request).is_err() {
+        if link.send_control(request).await.is_err() {
             shard.pending.borrow_mut().try_remove(ticket as usize);
             gather.answered(None);
             complete = false;

@@ -85,6 +85,9 @@ pub struct Shard {
     pub store: RefCell<Store>,
     pub metrics: RefCell<Metrics>,
     pub encoder: RefCell<ResponseEncoder>,
+    /// The gather of every core's counters under way on this core, which Stats requests
+    /// arriving meanwhile share.
+    pub stats_gather: RefCell<Option<Rc<super::peer::SharedGather>>>,
     /// Where a forwarded memcached command's reply is written while the command is read.
     pub scratch: RefCell<bytes::BytesMut>,
     pub pool: BufferPool,
@@ -125,6 +128,7 @@ impl Shard {
             metrics: RefCell::new(Metrics::new(index as u32)),
             encoder: RefCell::new(ResponseEncoder::new()),
             scratch: RefCell::new(bytes::BytesMut::with_capacity(4 << 10)),
+            stats_gather: RefCell::new(None),
             // Every buffer that can be away at once: a full mesh link to each peer, a full compute
             // queue (and the job the worker runs), a Stats gather per connection at most.
             pool: BufferPool::new(
