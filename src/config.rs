@@ -205,6 +205,12 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub compute_queue: Option<usize>,
 
+    /// Bytes of replies one core may hold for clients that have not read them, across its
+    /// connections; past it, connections that owe more than 256 KiB stop being read, and those
+    /// that take nothing for 100 ms are closed as slow readers [default: 64MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub owed_budget: Option<Size>,
+
     /// On SIGINT/SIGTERM, how long to wait for in-flight requests [default: 5s]
     #[arg(long, value_name = "DUR")]
     pub drain_timeout: Option<Dur>,
@@ -239,6 +245,7 @@ pub struct Config {
     pub frame_timeout: Duration,
     pub shard_ports: Option<u16>,
     pub compute_queue: usize,
+    pub owed_budget: usize,
     pub drain_timeout: Duration,
     pub backlog: u32,
     pub idle_poll: Duration,
@@ -283,6 +290,7 @@ impl Options {
             frame_timeout: pick!(frame_timeout, Dur(Duration::from_secs(10))).0,
             shard_ports: self.shard_ports.or(file.shard_ports),
             compute_queue: pick!(compute_queue, 256),
+            owed_budget: pick!(owed_budget, Size(64 << 20)).0.min(usize::MAX as u64) as usize,
             drain_timeout: pick!(drain_timeout, Dur(Duration::from_secs(5))).0,
             backlog: pick!(backlog, 1024),
             idle_poll: pick!(idle_poll, Dur(crate::runtime::poller::DEFAULT_IDLE_POLL)).0,
@@ -305,6 +313,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             bail!("--max-connections must be at least 1");
+        }
+        if self.owed_budget < 1 << 20 {
+            bail!("--owed-budget must be at least 1MiB (one largest value)");
         }
         if self.compute_queue == 0 {
             bail!("--compute-queue must be at least 1");

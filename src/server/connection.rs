@@ -89,9 +89,12 @@ pub async fn serve(shard: &Rc<Shard>, conn: Conn, shared: &Rc<ConnShared>, proto
     shard.io_buffers.release_if_empty(s.output.held_mut());
     // Replies that came back after the task stopped taking them: their buffer goes back too.
     shared.ended.set(true);
-    let mut replies = shared.replies.borrow_mut();
-    replies.clear();
-    shard.io_buffers.release_if_empty(&mut replies);
+    {
+        let mut replies = shared.replies.borrow_mut();
+        replies.clear();
+        shard.io_buffers.release_if_empty(&mut replies);
+    }
+    shared.set_unwritten(0);
 }
 
 impl Session<'_> {
@@ -135,7 +138,8 @@ impl Session<'_> {
             // them. Only a full in-flight window, or replies held behind one still away, need
             // a completion first.
             let window_open = self.inflight < self.shard.config.max_inflight
-                && self.output.len() < OUTPUT_SOFT_CAP;
+                && self.output.len() < OUTPUT_SOFT_CAP
+                && !self.shared.throttled();
             if has_frame && window_open {
                 continue;
             }
@@ -182,8 +186,9 @@ impl Session<'_> {
             replies.clear();
         }
         self.shard.io_buffers.release_if_empty(&mut replies);
+        drop((replies, arrivals));
         // Owed from now until written, including while routing waits for a mesh permit.
-        self.shared.unwritten.set(self.output.len());
+        self.shared.set_unwritten(self.output.len());
         self.inflight -= n;
         self.replies_buffered += n as u64;
     }
@@ -285,7 +290,7 @@ impl Session<'_> {
     /// false if the connection failed or was closed meanwhile.
     async fn flush(&mut self) -> bool {
         let mut written = 0;
-        self.shared.unwritten.set(self.output.len());
+        self.shared.set_unwritten(self.output.len());
         while written < self.output.buf.len() {
             let shared = self.shared;
             let result = futures_lite::future::or(
@@ -302,11 +307,8 @@ impl Session<'_> {
                 Some(Ok(0)) | Some(Err(_)) | None => return false,
                 Some(Ok(n)) => {
                     written += n;
-                    self.shared
-                        .drained
-                        .set(self.shared.drained.get() + n as u64);
-                    self.shared.last_active.set(Instant::now());
-                    self.shared.unwritten.set(self.output.len() - written);
+                    self.shared.drained(n, Instant::now());
+                    self.shared.set_unwritten(self.output.len() - written);
                 }
             }
         }

@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -26,6 +27,34 @@ pub const OWED_HARD_CAP: usize = 64 << 20;
 /// activity. (At the default 10 s that is 25 KiB/s while it owes over 256 KiB, the size of the
 /// output at which a connection stops answering.)
 pub const SLOW_READER_OWED: usize = 256 << 10;
+
+/// How long a connection that owes more than [`SLOW_READER_OWED`] may take nothing while its
+/// core is over `--owed-budget` before it is closed as a slow reader.
+pub const OVER_BUDGET_STALL: Duration = Duration::from_millis(100);
+
+/// The bytes one core's connections owe their clients, against `--owed-budget`.
+pub struct OwedTally {
+    owed: Cell<usize>,
+    budget: usize,
+}
+
+impl OwedTally {
+    pub fn new(budget: usize) -> Rc<OwedTally> {
+        Rc::new(OwedTally {
+            owed: Cell::new(0),
+            budget,
+        })
+    }
+
+    /// Bytes owed now, across the core's connections.
+    pub fn owed(&self) -> usize {
+        self.owed.get()
+    }
+
+    pub fn over_budget(&self) -> bool {
+        self.owed.get() > self.budget
+    }
+}
 
 /// A reply produced away from the connection's task.
 pub struct Completion {
@@ -76,10 +105,15 @@ pub struct ConnShared {
     pub(super) completed: Cell<usize>,
     /// Bytes in the connection's output not yet written: with `replies`, what the client is
     /// owed, which [`OWED_HARD_CAP`] bounds.
-    pub(super) unwritten: Cell<usize>,
+    unwritten: Cell<usize>,
+    /// `unwritten` plus the bytes in `replies`, as last added to the core's tally.
+    owed: Cell<usize>,
+    tally: Rc<OwedTally>,
+    /// When the client last took bytes (or the connection was accepted).
+    last_drain: Cell<Instant>,
     pub(super) last_active: Cell<Instant>,
     /// Bytes written to the client so far.
-    pub(super) drained: Cell<u64>,
+    drained: Cell<u64>,
     /// While the connection owes over [`SLOW_READER_OWED`]: since when, and `drained` then.
     owing_since: Cell<Option<(Instant, u64)>>,
     /// When the partial request now in the buffer started arriving.
@@ -92,7 +126,7 @@ pub struct ConnShared {
 impl ConnShared {
     /// The mailbox of a connection accepted at `now`; `ordered` when its protocol answers in
     /// request order (memcached).
-    pub fn new(now: Instant, ordered: bool) -> ConnShared {
+    pub fn new(now: Instant, ordered: bool, tally: Rc<OwedTally>) -> ConnShared {
         ConnShared {
             wake: Notify::default(),
             replies: RefCell::new(BytesMut::new()),
@@ -100,6 +134,9 @@ impl ConnShared {
             ordered,
             completed: Cell::new(0),
             unwritten: Cell::new(0),
+            owed: Cell::new(0),
+            tally,
+            last_drain: Cell::new(now),
             last_active: Cell::new(now),
             drained: Cell::new(0),
             owing_since: Cell::new(None),
@@ -118,24 +155,61 @@ impl ConnShared {
             // Counted as unanswered when the task ended.
             return Delivered::Ended;
         }
-        let mut replies = self.replies.borrow_mut();
-        if self.unwritten.get() + replies.len() + completion.frame.len() > OWED_HARD_CAP {
-            drop(replies);
+        let now = Instant::now();
+        let owed = self.owed.get() + completion.frame.len();
+        if owed > OWED_HARD_CAP || self.stalled_over_budget(now) {
             // Dropped with the connection. Not counted as completed: the request stays in
             // flight, which is how the close counts it as unanswered.
             self.close(CloseReason::SlowReader);
             return Delivered::Refused;
         }
-        self.last_active.set(Instant::now());
-        io_buffers.fill(&mut replies);
-        replies.extend_from_slice(&completion.frame);
+        self.last_active.set(now);
+        {
+            let mut replies = self.replies.borrow_mut();
+            io_buffers.fill(&mut replies);
+            replies.extend_from_slice(&completion.frame);
+        }
         if self.ordered {
             let len = completion.frame.len() as u32;
             self.arrivals.borrow_mut().push_back((completion.seq, len));
         }
+        self.recount();
         self.completed.set(self.completed.get() + 1);
         self.wake.notify();
         Delivered::Taken
+    }
+
+    /// Sets the bytes of the connection's output not yet written.
+    pub fn set_unwritten(&self, bytes: usize) {
+        self.unwritten.set(bytes);
+        self.recount();
+    }
+
+    /// The client took `bytes`.
+    pub fn drained(&self, bytes: usize, now: Instant) {
+        self.drained.set(self.drained.get() + bytes as u64);
+        self.last_drain.set(now);
+        self.last_active.set(now);
+    }
+
+    /// Brings the core's tally up to date with what this connection owes now.
+    pub fn recount(&self) {
+        let owed = self.unwritten.get() + self.replies.borrow().len();
+        // The tally includes this connection's last count, so this never goes below zero.
+        let tally = &self.tally.owed;
+        tally.set((tally.get() + owed).saturating_sub(self.owed.get()));
+        self.owed.set(owed);
+    }
+
+    /// Whether the connection should stop being read and routed: its core is over its budget
+    /// and it owes more than [`SLOW_READER_OWED`] itself.
+    pub fn throttled(&self) -> bool {
+        self.tally.over_budget() && self.owed.get() > SLOW_READER_OWED
+    }
+
+    /// Throttled, and its client has taken nothing for [`OVER_BUDGET_STALL`].
+    fn stalled_over_budget(&self, now: Instant) -> bool {
+        self.throttled() && now.saturating_duration_since(self.last_drain.get()) > OVER_BUDGET_STALL
     }
 
     pub fn wake(&self) {
@@ -154,7 +228,10 @@ impl ConnShared {
                 return Some(CloseReason::FrameTimeout);
             }
         }
-        let owed = self.unwritten.get() + self.replies.borrow().len();
+        if self.stalled_over_budget(now) {
+            return Some(CloseReason::SlowReader);
+        }
+        let owed = self.owed.get();
         let drained = self.drained.get();
         match self.owing_since.get() {
             _ if owed <= SLOW_READER_OWED => self.owing_since.set(None),

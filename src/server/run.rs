@@ -168,7 +168,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
             m.connections_open += 1;
         }
         let ordered = protocol == Protocol::Memcache;
-        let shared = Rc::new(ConnShared::new(Instant::now(), ordered));
+        let shared = Rc::new(ConnShared::new(Instant::now(), ordered, shard.owed.clone()));
         let key = shard.connections.borrow_mut().insert(shared.clone());
         let shard = shard.clone();
         runtime::spawn(async move {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use slab::Slab;
 
 use super::compute::ComputeQueue;
-use super::mailbox::{CloseReason, Completion, ConnShared, Delivered};
+use super::mailbox::{CloseReason, Completion, ConnShared, Delivered, OwedTally};
 use super::message::{PeerReply, PeerRequest, Pending};
 use super::notify::Latch;
 use super::pool::BufferPool;
@@ -88,6 +88,8 @@ pub struct Shard {
     /// The gather of every core's counters under way on this core, which Stats requests
     /// arriving meanwhile share.
     pub stats_gather: RefCell<Option<Rc<super::peer::SharedGather>>>,
+    /// What this core's connections owe their clients, against `--owed-budget`.
+    pub owed: Rc<OwedTally>,
     /// Where a forwarded memcached command's reply is written while the command is read.
     pub scratch: RefCell<bytes::BytesMut>,
     pub pool: BufferPool,
@@ -129,6 +131,7 @@ impl Shard {
             encoder: RefCell::new(ResponseEncoder::new()),
             scratch: RefCell::new(bytes::BytesMut::with_capacity(4 << 10)),
             stats_gather: RefCell::new(None),
+            owed: OwedTally::new(config.owed_budget),
             // Every buffer that can be away at once: a full mesh link to each peer, a full compute
             // queue (and the job the worker runs), a Stats gather per connection at most.
             pool: BufferPool::new(
