@@ -18,7 +18,7 @@ pub mod message;
 mod notify;
 pub mod output;
 pub mod peer;
-mod pool;
+pub mod pool;
 pub mod router;
 pub mod run;
 pub mod shard;

@@ -21,7 +21,13 @@ pub struct BufferPool {
     max_kept_capacity: usize,
     /// Buffers handed out by `take` and not yet given back.
     lent: Cell<usize>,
+    /// The fewest buffers that were idle at once since the last [`BufferPool::trim`]: that many
+    /// were not needed all that while.
+    least_free: Cell<usize>,
 }
+
+/// Idle buffers a pool keeps however long they go unused.
+pub const POOL_FLOOR: usize = 64;
 
 impl BufferPool {
     /// A pool of buffers of `capacity` bytes that keeps at most `max_free` idle ones; a buffer
@@ -33,7 +39,20 @@ impl BufferPool {
             capacity,
             max_kept_capacity,
             lent: Cell::new(0),
+            least_free: Cell::new(0),
         }
+    }
+
+    /// Frees the idle buffers beyond [`POOL_FLOOR`] that stayed idle since the last trim, so a
+    /// burst's buffers go back to the allocator once the burst is over, while a steady load
+    /// (which keeps cycling them) keeps what it uses. Call it periodically (every core does,
+    /// once a second).
+    pub fn trim(&self) {
+        let mut free = self.free.borrow_mut();
+        let unused = self.least_free.get().min(free.len());
+        let keep = free.len() - unused.saturating_sub(POOL_FLOOR);
+        free.truncate(keep);
+        self.least_free.set(free.len());
     }
 
     /// Buffers lent out now.
@@ -49,10 +68,10 @@ impl BufferPool {
     /// An empty buffer.
     pub fn take(&self) -> BytesMut {
         self.lent.set(self.lent.get() + 1);
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(self.capacity))
+        let mut free = self.free.borrow_mut();
+        let buf = free.pop();
+        self.least_free.set(self.least_free.get().min(free.len()));
+        buf.unwrap_or_else(|| BytesMut::with_capacity(self.capacity))
     }
 
     /// Returns a buffer for reuse. A buffer whose front was consumed (`advance`) gets its whole
@@ -113,5 +132,26 @@ mod tests {
         big.reserve(1024);
         pool.give(big);
         assert_eq!((pool.lent(), pool.free()), (0, 0));
+    }
+
+    #[test]
+    fn trim_frees_what_a_burst_left_idle_and_keeps_what_is_used() {
+        let pool = BufferPool::new(1000, 64, 256);
+        let burst: Vec<BytesMut> = (0..500).map(|_| pool.take()).collect();
+        burst.into_iter().for_each(|b| pool.give(b));
+        assert_eq!(pool.free(), 500);
+        // The first trim sees the burst's low point; a full window of disuse frees the excess.
+        pool.trim();
+        pool.trim();
+        assert_eq!(pool.free(), POOL_FLOOR);
+        // A steady load that keeps 100 buffers busy: they survive trims.
+        let busy: Vec<BytesMut> = (0..100).map(|_| pool.take()).collect();
+        busy.into_iter().for_each(|b| pool.give(b));
+        for _ in 0..3 {
+            let cycle: Vec<BytesMut> = (0..100).map(|_| pool.take()).collect();
+            cycle.into_iter().for_each(|b| pool.give(b));
+            pool.trim();
+        }
+        assert_eq!(pool.free(), 100);
     }
 }

@@ -22,6 +22,8 @@ use crate::runtime::{self, BackgroundQueue};
 
 /// Shares of the compute task queue; network tasks have glommio's default 1000.
 const COMPUTE_SHARES: usize = 100;
+/// How often the buffer pools give back what a burst left idle ([`super::pool::POOL_FLOOR`]).
+const POOL_TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// What the bootstrap hands to each core.
 pub struct ShardSetup {
@@ -126,12 +128,19 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
 async fn tick_until_shutdown(shard: &Shard) {
     let tick = (shard.config.frame_timeout.min(shard.config.idle_timeout) / 4)
         .clamp(Duration::from_millis(1), Duration::from_millis(100));
+    let mut last_trim = Instant::now();
     while !shard.global.shutdown.load(Ordering::Acquire) {
         runtime::sleep(tick).await;
-        shard.enforce_timeouts(Instant::now());
+        let now = Instant::now();
+        shard.enforce_timeouts(now);
         // Reclaim expired items a bounded slice at a time, so no request waits behind it.
         let now_ms = shard.now_ms();
         shard.store.borrow_mut().sweep(now_ms);
+        if now.saturating_duration_since(last_trim) >= POOL_TRIM_EVERY {
+            last_trim = now;
+            shard.pool.trim();
+            shard.io_buffers.trim();
+        }
     }
 }
 
