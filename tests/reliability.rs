@@ -358,3 +358,77 @@ fn buffer_pools_shrink_back_after_a_burst() {
         "{now_free} idle buffers 4 s after a burst (floor {floor}, {idle_before} before it)"
     );
 }
+
+/// Sets of large values sent from one core to another are bounded by bytes, not only by the
+/// mesh's count of permits: a burst of forwarded 1 MiB Sets from many connections does not
+/// make the server hold the burst between the cores.
+#[test]
+fn a_burst_of_large_forwarded_sets_is_held_to_a_byte_bound() {
+    let cores = common::test_cores();
+    if cores < 2 {
+        return;
+    }
+    let base = common::free_port_run(2);
+    let server = Server::start(&[
+        "--cores",
+        "2",
+        "--memory",
+        "64MiB",
+        "--shard-ports",
+        &base.to_string(),
+    ]);
+    let pid = server.pid();
+    let core0 = std::net::SocketAddr::from(([127, 0, 0, 1], server.shard_ports[0]));
+    // Keys core 1 owns, sent through core 0.
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|i| format!("fwd-set-{i}").into_bytes())
+        .filter(|k| percore::protocol::shard::owner_of(k, 2) == 1)
+        .take(64)
+        .collect();
+    let value = vec![b'w'; 1 << 20];
+    let mut warm = Wire::connect(core0);
+    warm.set(&keys[0], &value);
+    let rss_before = rss_kib(pid);
+    let writers: Vec<_> = (0..16)
+        .map(|c| {
+            let keys = keys.clone();
+            let value = value.clone();
+            std::thread::spawn(move || {
+                let mut w = Wire::connect(core0);
+                let sets: Vec<u8> = (0..32)
+                    .flat_map(|i| {
+                        frame(
+                            i,
+                            &Op::Set {
+                                key: &keys[(c * 32 + i as usize) % keys.len()],
+                                value: &value,
+                                ttl_ms: 0,
+                            },
+                        )
+                    })
+                    .collect();
+                w.send(&sets);
+                for _ in 0..32 {
+                    let (_, status, _) = w.answer();
+                    assert_eq!(status, Status::Ok);
+                }
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    // The store's 64 MiB, 8 MiB of requests between the two cores each way, each connection's
+    // input (a frame of 1 MiB at a time, 16 of them), and 64 MiB of the allocator's slack.
+    let bound = rss_before + (64 + 16 + 16 * 2 + 64) * 1024;
+    println!("16 connections x 32 forwarded Sets of 1 MiB: RSS {rss_before} KiB before, peak {peak} KiB, bound {bound} KiB");
+    assert!(
+        peak < bound,
+        "RSS peaked at {peak} KiB, over the bound of {bound} KiB"
+    );
+}

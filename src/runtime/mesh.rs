@@ -9,10 +9,10 @@
 //! needs a permit waits for one; only that task stalls, and the reply that frees the permit is
 //! received by a different task.
 //!
-//! Replies are also weighed: their sender says how many bytes each holds, and a core can wait
-//! until the peer has taken its replies down to a limit. A reply can be far larger than the
-//! request that asked for it (a Get of a 1 MiB value), so the permits alone bound how many
-//! replies travel, not how much memory they hold.
+//! Messages are also weighed: their sender says how many bytes each holds, and a core can wait
+//! until the peer has taken its requests, or its replies, down to a limit. A message can hold a
+//! 1 MiB value (a Set's request, a Get's reply), so the permits alone bound how many messages
+//! travel, not how much memory they hold.
 //!
 //! Messages are received the way Seastar's reactor polls its cross-core queues: while the core
 //! is busy, its poller checks each channel between the other tasks' turns and wakes the
@@ -42,14 +42,15 @@ pub struct MeshEnds<Req: Send + 'static, Rep: Send + 'static> {
 type End<E> = (E, Arc<Traffic>);
 
 struct LinkEnds<Req: Send + 'static, Rep: Send + 'static> {
-    requests_out: End<SharedSender<Req>>,
-    requests_in: End<SharedReceiver<Req>>,
+    requests_out: End<SharedSender<Weighed<Req>>>,
+    requests_in: End<SharedReceiver<Weighed<Req>>>,
     replies_out: End<SharedSender<Weighed<Rep>>>,
     replies_in: End<SharedReceiver<Weighed<Rep>>>,
 }
 
-/// A reply with the bytes its sender counted for it, and whether it answers a control request.
-type Weighed<Rep> = (Rep, usize, bool);
+/// A message with the bytes its sender counted for it, and whether it is (or answers) a
+/// control request.
+type Weighed<M> = (M, usize, bool);
 
 /// Slots per channel beyond the permits, for control requests (see [`Link::reserve_control`]).
 const CONTROL_SLOTS: usize = 1;
@@ -91,8 +92,8 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
 ) -> Vec<MeshEnds<Req, Rep>> {
     type Slot<T> = Option<End<T>>;
     // requests[a][b]: the channel a→b; replies[a][b]: the channel b→a answering a's requests.
-    let mut req_tx: Vec<Vec<Slot<SharedSender<Req>>>> = Vec::new();
-    let mut req_rx: Vec<Vec<Slot<SharedReceiver<Req>>>> = Vec::new();
+    let mut req_tx: Vec<Vec<Slot<SharedSender<Weighed<Req>>>>> = Vec::new();
+    let mut req_rx: Vec<Vec<Slot<SharedReceiver<Weighed<Req>>>>> = Vec::new();
     let mut rep_tx: Vec<Vec<Slot<SharedSender<Weighed<Rep>>>>> = Vec::new();
     let mut rep_rx: Vec<Vec<Slot<SharedReceiver<Weighed<Rep>>>>> = Vec::new();
     for _ in 0..cores {
@@ -192,8 +193,8 @@ pub struct Mesh<Req: Send + 'static, Rep: Send + 'static> {
 
 /// The channels between this core and one peer.
 pub struct Link<Req: Send + 'static, Rep: Send + 'static> {
-    requests_out: Outbound<Req>,
-    requests_in: Inbound<Req>,
+    requests_out: Outbound<Weighed<Req>>,
+    requests_in: Inbound<Weighed<Req>>,
     replies_out: Outbound<Weighed<Rep>>,
     replies_in: Inbound<Weighed<Rep>>,
     permits: Semaphore,
@@ -342,11 +343,35 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
         self.permits.signal(1);
     }
 
-    /// Sends a request to the peer; the caller holds a permit from [`Self::reserve`].
-    pub fn send_request(&self, request: Req) -> Result<(), SendError<Req>> {
+    /// Sends a request to the peer, counting `bytes` for it until the peer takes it; the caller
+    /// holds a permit from [`Self::reserve`].
+    pub fn send_request(&self, request: Req, bytes: usize) -> Result<(), SendError<Req>> {
+        let backlog = &self.requests_out.traffic.bytes;
+        backlog.fetch_add(bytes, Ordering::AcqRel);
         self.requests_out
-            .send(request)
-            .inspect_err(|_| self.permits.signal(1))
+            .send((request, bytes, false))
+            .map_err(|SendError((request, _, _))| {
+                backlog.fetch_sub(bytes, Ordering::AcqRel);
+                self.permits.signal(1);
+                SendError(request)
+            })
+    }
+
+    /// Bytes of this core's requests that the peer has not taken yet.
+    pub fn requests_backlog(&self) -> usize {
+        self.requests_out.traffic.bytes.load(Ordering::Acquire)
+    }
+
+    /// Waits until the peer has taken this core's requests down to `limit` bytes, or its end is
+    /// gone. The peer takes requests without waiting on this core, so this cannot deadlock; it
+    /// looks every `recheck`.
+    pub async fn wait_requests_taken(&self, limit: usize, recheck: Duration) {
+        let traffic = &self.requests_out.traffic;
+        while traffic.bytes.load(Ordering::Acquire) > limit
+            && !traffic.receiver_gone.load(Ordering::Acquire)
+        {
+            super::sleep(recheck).await;
+        }
     }
 
     /// Waits for the control permit and sends a control request with it; the peer answers it
@@ -356,13 +381,21 @@ impl<Req: Send + 'static, Rep: Send + 'static> Link<Req, Rep> {
         // The semaphore is closed only when the link is dropped.
         let _ = self.control.acquire(1).await;
         self.requests_out
-            .send(request)
-            .inspect_err(|_| self.control.signal(1))
+            .send((request, 0, true))
+            .map_err(|SendError((request, _, _))| {
+                self.control.signal(1);
+                SendError(request)
+            })
     }
 
     /// The next request from the peer; `None` once the peer has closed its side.
     pub async fn recv_request(&self) -> Option<Req> {
-        self.requests_in.recv().await
+        let (request, bytes, _) = self.requests_in.recv().await?;
+        self.requests_in
+            .traffic
+            .bytes
+            .fetch_sub(bytes, Ordering::AcqRel);
+        Some(request)
     }
 
     /// Answers a request received from the peer, counting `bytes` for it until the peer takes

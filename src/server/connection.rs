@@ -240,11 +240,13 @@ impl Session<'_> {
                 }
                 Step::NeedsPermit(peer) => {
                     router::release(self.shard, unused);
-                    // Every slot to that core is in use: wait for one, then route this request
-                    // again. Only this connection waits; the replies that free slots are
+                    // Every slot to that core is in use, or its requests hold too many bytes:
+                    // wait for a slot and the bytes to go down, then route this request again. Only this connection waits; the replies that free slots are
                     // received by another task.
                     if let Some(link) = self.shard.mesh.link(peer) {
                         link.reserve().await;
+                        link.wait_requests_taken(router::REQUEST_BACKLOG, router::BACKLOG_RECHECK)
+                            .await;
                         reserved = Some(peer);
                     }
                     batch.waited();

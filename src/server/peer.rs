@@ -81,7 +81,9 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
         };
         let sent = match reply {
             PeerReply::Kv { ref frame, .. } => {
-                let bytes = frame.len();
+                // Weighed by what the buffer holds in memory: a Set's reply is a few bytes in
+                // the megabyte buffer its value came in.
+                let bytes = frame.capacity();
                 link.send_reply(reply, bytes)
             }
             PeerReply::Stats { .. } | PeerReply::Flushed { .. } => link.send_control_reply(reply),

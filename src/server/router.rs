@@ -92,6 +92,12 @@ impl Ctx<'_> {
     }
 }
 
+/// Bytes of requests one core may have on their way to a peer, not yet taken by it (the
+/// counterpart of [`super::peer::REPLY_BACKLOG`]); past it, a connection waits as for a permit.
+pub const REQUEST_BACKLOG: usize = 8 << 20;
+/// How often a connection held back by [`REQUEST_BACKLOG`] looks again.
+pub const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// What became of a request sent to its owner.
 pub enum Forward {
     /// On its way; its reply comes back as a completion. Counted as in flight and forwarded.
@@ -115,16 +121,24 @@ pub fn forward(
     let Some(link) = shard.mesh.link(owner) else {
         return Forward::Failed(RequestError::Internal("no link to the key's owner"));
     };
+    // With a permit it waited for, the connection has also waited for the backlog to go down.
     if ctx.reserved != Some(owner) {
         release(shard, ctx.reserved.take());
-        if !link.try_reserve() {
+        if link.requests_backlog() > REQUEST_BACKLOG || !link.try_reserve() {
             return Forward::NeedsPermit(owner);
         }
     }
     ctx.reserved = None;
     let ticket = shard.pending.borrow_mut().insert(pending) as u32;
     shard.metrics.borrow_mut().requests[kind.index()] += 1;
-    match link.send_request(message(ticket, shard.pool.take())) {
+    let request = message(ticket, shard.pool.take());
+    // Weighed by the memory the buffer holds, as replies are.
+    let bytes = match &request {
+        PeerRequest::Kv(f) => f.buf.capacity(),
+        PeerRequest::Memcache { buf, .. } => buf.capacity(),
+        PeerRequest::Stats { .. } | PeerRequest::Flush { .. } => 0,
+    };
+    match link.send_request(request, bytes) {
         Ok(()) => {
             shard.metrics.borrow_mut().forwarded += 1;
             *ctx.inflight += 1;
