@@ -5,15 +5,27 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{frame, Op, Server, Status, Wire};
 use percore::protocol::frame::PREFIX_LEN;
 
+/// These tests measure timeouts and memory, which hundreds of sockets in a test beside them
+/// would disturb: they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A client that streams Sets so that every read the server makes ends inside the next frame
 /// must not be closed by `--frame-timeout`: each frame completes in milliseconds.
 #[test]
 fn a_client_streaming_frames_back_to_back_outlives_the_frame_timeout() {
+    let _serial = serial();
     let server = Server::start(&["--cores", "1", "--frame-timeout", "1s"]);
     let mut wire = Wire::connect(server.addr);
     let value = vec![b's'; 3000];
@@ -66,11 +78,17 @@ fn a_client_streaming_frames_back_to_back_outlives_the_frame_timeout() {
 /// although every one of its reads is activity.
 #[test]
 fn a_reader_that_drains_a_trickle_is_closed_as_a_slow_reader() {
+    let _serial = serial();
     let server = Server::start(&["--cores", "1", "--frame-timeout", "1s"]);
     let mut setter = Wire::connect(server.addr);
     let value = vec![b'v'; 1 << 20];
     setter.set(b"big", &value);
-    let mut reader = Wire::connect(server.addr);
+    // A small receive buffer, set before connecting (no autotuning), so that the kernel cannot
+    // take the 16 MiB of replies off the server: its receive buffer may grow to tens of MiB.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut reader = Wire { s: socket.into() };
     let gets: Vec<u8> = (0..16u64)
         .flat_map(|i| frame(i, &Op::Get { key: b"big" }))
         .collect();
@@ -94,7 +112,7 @@ fn a_reader_that_drains_a_trickle_is_closed_as_a_slow_reader() {
     let open = |setter: &mut Wire| setter.stats().iter().map(|s| s.connections).sum::<u64>();
     while open(&mut setter) > 1 {
         assert!(
-            started.elapsed() < Duration::from_secs(8),
+            started.elapsed() < Duration::from_secs(20),
             "the trickling reader's connection is still open after {:?}",
             started.elapsed()
         );
@@ -110,6 +128,7 @@ fn a_reader_that_drains_a_trickle_is_closed_as_a_slow_reader() {
 /// reply the client is slow to take is not acknowledged already expired.
 #[test]
 fn a_set_that_waited_behind_a_full_output_is_not_born_expired() {
+    let _serial = serial();
     let server = Server::start(&["--cores", "1"]);
     let mut wire = Wire::connect(server.addr);
     let value = vec![b'b'; 1 << 20];
@@ -166,6 +185,7 @@ fn a_set_that_waited_behind_a_full_output_is_not_born_expired() {
 /// still answered.
 #[test]
 fn a_flood_of_stats_shares_gathers_and_leaves_forwarded_gets_their_permits() {
+    let _serial = serial();
     let server = Server::start(&["--cores", &common::test_cores().to_string()]);
     let cores = common::test_cores();
     let mut flood = Wire::connect(server.addr);
@@ -229,6 +249,7 @@ fn raise_nofile(needed: u64) {
 /// while a client that reads is still served.
 #[test]
 fn clients_that_never_read_are_held_to_the_cores_owed_budget() {
+    let _serial = serial();
     const CLIENTS: usize = 300;
     const GETS: usize = 60;
     const BUDGET_MIB: u64 = 32;
@@ -308,6 +329,7 @@ fn clients_that_never_read_are_held_to_the_cores_owed_budget() {
 /// over, down to each pool's floor, instead of staying idle in the pools forever.
 #[test]
 fn buffer_pools_shrink_back_after_a_burst() {
+    let _serial = serial();
     let cores = common::test_cores();
     if cores < 2 {
         // No request is forwarded on one core; nothing to burst.
@@ -364,6 +386,7 @@ fn buffer_pools_shrink_back_after_a_burst() {
 /// make the server hold the burst between the cores.
 #[test]
 fn a_burst_of_large_forwarded_sets_is_held_to_a_byte_bound() {
+    let _serial = serial();
     let cores = common::test_cores();
     if cores < 2 {
         return;
