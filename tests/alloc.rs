@@ -294,7 +294,7 @@ fn steady_state_requests_do_not_allocate() {
         .flat_map(|keys| keys.iter().take(128).cloned())
         .collect();
     for window in [SHALLOW_WINDOW, WINDOW] {
-        println!("memcached protocol, {CONNECTIONS} connections x {window} commands outstanding:");
+        println!("memcached protocol, {CONNECTIONS} connections x {window} keys outstanding:");
         for scenario in [
             TextScenario::Set,
             TextScenario::Get,
@@ -390,9 +390,10 @@ fn drive_text(
                         }
                     }
                 }
-                // Write in slices of about `window` commands, reading what came back between
-                // them, so that about a window is outstanding.
-                let step = request.len() / commands.max(1) * window;
+                // Write in slices of about `window` keys, reading what came back between them,
+                // so that about a window of keys is outstanding (a key is a request, as in the
+                // native scenarios).
+                let step = request.len() / commands.max(1) * (window / per_command).max(1);
                 let mut got = Vec::with_capacity(expected.len());
                 let mut buf = vec![0u8; 1 << 16];
                 let mut written = 0;
