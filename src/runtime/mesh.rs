@@ -33,7 +33,6 @@ use super::poller::{self, Poller, Readiness};
 
 /// One core's unconnected ends of the mesh; `Send`, so it can be moved into its executor.
 pub struct MeshEnds<Req: Send + 'static, Rep: Send + 'static> {
-    core: usize,
     capacity: usize,
     links: Vec<Option<LinkEnds<Req, Rep>>>,
 }
@@ -117,7 +116,6 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
     }
     (0..cores)
         .map(|core| MeshEnds {
-            core,
             capacity,
             links: (0..cores)
                 .map(|peer| {
@@ -179,7 +177,6 @@ impl<Req: Send + 'static, Rep: Send + 'static> MeshEnds<Req, Rep> {
             });
         }
         Mesh {
-            core: self.core,
             links,
         }
     }
@@ -187,7 +184,6 @@ impl<Req: Send + 'static, Rep: Send + 'static> MeshEnds<Req, Rep> {
 
 /// This core's connected view of the mesh.
 pub struct Mesh<Req: Send + 'static, Rep: Send + 'static> {
-    core: usize,
     links: Vec<Option<Rc<Link<Req, Rep>>>>,
 }
 
@@ -308,9 +304,6 @@ impl<T: Send + 'static> Drop for Inbound<T> {
 pub struct SendError<T>(pub T);
 
 impl<Req: Send + 'static, Rep: Send + 'static> Mesh<Req, Rep> {
-    pub fn core(&self) -> usize {
-        self.core
-    }
 
     /// The link to `peer`, or `None` for this core itself.
     pub fn link(&self, peer: usize) -> Option<&Rc<Link<Req, Rep>>> {
