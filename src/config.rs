@@ -1,5 +1,6 @@
-//! The server's settings: command line, optional TOML file with the same keys, defaults, and the
-//! parsers for sizes (`64MiB`), durations (`250ms`) and core lists (`4`, `0,2-3`).
+//! The server's settings: command line, optional TOML file with the same keys, defaults, the
+//! parsers for sizes (`64MiB`), durations (`250ms`) and core lists (`4`, `0,2-3`), and the
+//! checks of the settings against the machine (its CPUs, its open-file limit).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -185,8 +186,9 @@ pub struct Options {
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<Size>,
 
-    /// Open connections allowed at once, across all cores; more are closed at accept
-    /// [default: 10000]
+    /// Open connections allowed at once, across all cores; more are closed at accept. Each
+    /// takes a file descriptor: the open-file limit (RLIMIT_NOFILE, raised to its hard limit at
+    /// start) must hold them and 32 + 16 per core more [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
@@ -317,6 +319,13 @@ pub const MAX_COMPUTE_QUEUE: usize = 65_536;
 /// time the clock can represent; a drain of more than an hour is not a drain.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// File descriptors the process needs beside its connections and its cores: stdio, logging,
+/// what it inherits.
+pub const FDS_HEADROOM: u64 = 32;
+/// File descriptors each core needs beside its connections: its io_uring rings (3), eventfd
+/// and epoll set, up to three listeners, and a connection being accepted (or refused) on each.
+pub const FDS_PER_CORE: u64 = 16;
+
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         use crate::protocol::{MAX_FRAME_LIMIT, MAX_KEY_LEN, MAX_VALUE_LEN};
@@ -385,6 +394,60 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// File descriptors these settings may need at once: one per connection, and headroom.
+    pub fn fds_needed(&self) -> u64 {
+        self.max_connections as u64 + FDS_HEADROOM + FDS_PER_CORE * self.cpus.len() as u64
+    }
+
+    /// Raises the soft open-file limit (RLIMIT_NOFILE) to the hard one, and refuses settings
+    /// whose connections it cannot hold: past it every accept fails with EMFILE.
+    pub fn ensure_fd_limit(&self) -> anyhow::Result<()> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return Ok(());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: setrlimit reads the struct it is given.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            } else {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(
+                    soft = limit.rlim_cur,
+                    hard = limit.rlim_max,
+                    "cannot raise the open-file limit: {e}"
+                );
+            }
+        }
+        self.check_fd_limit(limit.rlim_cur, limit.rlim_max)
+    }
+
+    fn check_fd_limit(&self, soft: u64, hard: u64) -> anyhow::Result<()> {
+        let needed = self.fds_needed();
+        if needed <= soft {
+            return Ok(());
+        }
+        let headroom = needed - self.max_connections as u64;
+        bail!(
+            "--max-connections {} needs {needed} file descriptors (one per connection, and \
+             {FDS_HEADROOM} + {FDS_PER_CORE} per core for listeners, io_uring and the like), but \
+             the open-file limit is {soft} (hard limit {hard}): raise it (`ulimit -n`, \
+             LimitNOFILE= in a systemd unit) or give --max-connections at most {}",
+            self.max_connections,
+            soft.saturating_sub(headroom)
+        )
     }
 
     pub fn shard_count(&self) -> usize {
@@ -506,6 +569,26 @@ mod tests {
             "{err}"
         );
         assert!(refused(|c| c.memory = u64::MAX, 2).is_some());
+    }
+
+    #[test]
+    fn connections_must_fit_in_the_open_file_limit() {
+        let mut c = config(2);
+        c.max_connections = 1000;
+        let needed = 1000 + FDS_HEADROOM + 2 * FDS_PER_CORE;
+        assert_eq!(c.fds_needed(), needed);
+        assert!(c.check_fd_limit(needed, needed).is_ok());
+        let err = c.check_fd_limit(needed - 1, 4096).unwrap_err().to_string();
+        assert!(
+            err.contains("--max-connections 1000")
+                && err.contains(&format!("needs {needed}"))
+                && err.contains(&format!("limit is {}", needed - 1))
+                && err.contains("hard limit 4096")
+                && err.contains("at most 999"),
+            "{err}"
+        );
+        // No limit at all still gets a message, not an underflow.
+        assert!(c.check_fd_limit(0, 0).is_err());
     }
 
     #[test]

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         )
         .init();
     let options = Options::parse();
-    let config = match options.into_config() {
+    let config = match options
+        .into_config()
+        .and_then(|config| config.ensure_fd_limit().map(|()| config))
+    {
         Ok(config) => config,
         Err(e) => {
             eprintln!("percore: error: {e:#}");

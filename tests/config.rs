@@ -1,9 +1,13 @@
 //! Settings the server cannot honour are refused at start with exit status 2 and a message
 //! naming the flag, never a crash later (an abort, a panic at shutdown, a core that dies).
 
+mod common;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use common::*;
 
 /// Runs `percore --listen 127.0.0.1:0 ARGS` (adjusted by `adjust`) and returns its exit status
 /// and stderr. Panics if it is still running after a few seconds: it accepted the settings.
@@ -99,4 +103,54 @@ fn every_refused_setting_exits_with_status_2() {
     assert_refused(&["--max-inflight", "0"], "--max-inflight");
     assert_refused(&["--cores", "4096-4096"], "CPU 4096 does not exist");
     assert_refused(&["--memory", "lots"], "--memory");
+}
+
+/// Limits the open-file limit of the child to `soft` and `hard` before it runs.
+fn nofile(command: &mut Command, soft: u64, hard: u64) {
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Connections the open-file limit cannot hold are refused with the numbers, instead of
+/// every accept past the limit failing with EMFILE.
+#[test]
+fn more_connections_than_the_open_file_limit_holds_are_refused() {
+    let (status, stderr) = refusal_with(&["--max-connections", "1000", "--cores", "1"], |c| {
+        nofile(c, 200, 200)
+    });
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--max-connections 1000") && stderr.contains("open-file limit is 200"),
+        "{stderr}"
+    );
+}
+
+/// The soft limit is raised to the hard one, which is then enough.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let server = Server::start_with(&["--max-connections", "1000", "--cores", "1"], |c| {
+        nofile(c, 200, 4096)
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
+    block_on(async {
+        let mut c = Client::connect(server.addr).await.unwrap();
+        assert_eq!(c.ping(b"up").await.unwrap(), b"up");
+    });
 }
