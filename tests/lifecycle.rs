@@ -165,3 +165,77 @@ fn a_taken_port_and_bad_settings_are_clear_errors() {
         assert_eq!(c.ping(b"still mine").await.unwrap(), b"still mine");
     });
 }
+
+/// A core that dies (a panic in one of its tasks; here the debug builds' test-only
+/// PERCORE_TEST_PANIC_CORE) ends the process with an error naming it and status 1, soon,
+/// although the rest of the other cores' shutdown waits for it forever: clients keep requests
+/// in flight to every core's keys, so some of them hold permits to the dead core.
+#[test]
+fn a_core_that_dies_ends_the_process_with_an_error_naming_it() {
+    let cores = test_cores();
+    let victim = cores - 1;
+    let server = Server::start_with(
+        &["--cores", &cores.to_string(), "--drain-timeout", "1s"],
+        |c| {
+            c.env("PERCORE_TEST_PANIC_CORE", format!("{victim}:500ms"))
+                .stderr(std::process::Stdio::piped());
+        },
+    );
+    let addr = server.addr;
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            std::thread::spawn(move || {
+                block_on(async move {
+                    let Ok(mut c) = Client::connect(addr).await else {
+                        return;
+                    };
+                    let value = [n as u8; 64];
+                    for i in 0u64.. {
+                        for j in 0..32 {
+                            let key = format!("dies:{n}:{}", (i * 32 + j) % 1000);
+                            c.send(&Op::Set {
+                                key: key.as_bytes(),
+                                value: &value,
+                                ttl_ms: 0,
+                            });
+                        }
+                        if c.flush().await.is_err() {
+                            return;
+                        }
+                        for _ in 0..32 {
+                            if c.recv().await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let stopped = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the process exits by itself after a core died");
+    let took = started.elapsed();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let err = &stopped.stderr;
+    assert_eq!(
+        stopped.status.code(),
+        Some(1),
+        "{:?}\n{err}",
+        stopped.status
+    );
+    let prefix = format!("percore: error: core {victim} (CPU ");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{err}"));
+    assert!(
+        line.contains(") stopped: panicked: PERCORE_TEST_PANIC_CORE"),
+        "{line}"
+    );
+    // Dead at 0.5 s; the others drain for at most --drain-timeout and a second more.
+    assert!(took < Duration::from_secs(5), "exited {took:?} after start");
+}

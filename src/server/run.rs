@@ -13,6 +13,7 @@ use super::connection;
 use super::mailbox::{CloseReason, Completion, ConnShared};
 use super::peer;
 use super::shard::{Global, Shard, ShardMeshEnds};
+use super::CoreEvent;
 use crate::config::Config;
 use crate::metrics::{Metrics, ShardReport};
 use crate::ops;
@@ -34,7 +35,7 @@ pub struct ShardSetup {
     pub shard_ports: Vec<u16>,
     pub mesh: ShardMeshEnds,
     /// Told once this core is connected to its peers and accepting.
-    pub ready: std::sync::mpsc::Sender<()>,
+    pub ready: std::sync::mpsc::Sender<CoreEvent>,
 }
 
 /// Runs one core's server until shutdown has been drained; returns its report.
@@ -69,7 +70,9 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
     }
     BackgroundQueue::new("compute", COMPUTE_SHARES).spawn(compute_worker(shard.clone()));
     // The receiver may be gone if the bootstrap gave up on another core; nothing to do then.
-    let _ = setup.ready.send(());
+    let _ = setup.ready.send(CoreEvent::Ready(shard.index));
+    #[cfg(debug_assertions)]
+    panic_if_asked(shard.index);
 
     tick_until_shutdown(&shard).await;
 
@@ -95,6 +98,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         shard.close_all(CloseReason::DrainTimeout);
         shard.no_connections.wait().await;
     }
+    shard.global.mark_drained(shard.index);
     shard.compute.close();
 
     // Tell peers this core sends no more requests; keep answering theirs until they say the
@@ -120,6 +124,25 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         metrics,
         store,
     }
+}
+
+/// For the tests of a core's death, in debug builds only: `PERCORE_TEST_PANIC_CORE=N` or
+/// `N:DUR` makes core N panic (in a task of its own, as a connection's would) DUR after it is
+/// ready. No flag and nothing a client sends reaches it, and release builds do not have it.
+#[cfg(debug_assertions)]
+fn panic_if_asked(index: usize) {
+    let Ok(spec) = std::env::var("PERCORE_TEST_PANIC_CORE") else {
+        return;
+    };
+    let (core, after) = spec.split_once(':').unwrap_or((&spec, "0s"));
+    if core.trim().parse() != Ok(index) {
+        return;
+    }
+    let after = humantime::parse_duration(after.trim()).unwrap_or_default();
+    runtime::spawn(async move {
+        runtime::sleep(after).await;
+        panic!("PERCORE_TEST_PANIC_CORE asked core {index} to panic");
+    });
 }
 
 /// Checks timeouts every tick until the process is told to shut down.

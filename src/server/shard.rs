@@ -42,14 +42,31 @@ pub struct Global {
     /// Set by a signal handler or [`super::Server::shutdown`]; every core polls it each tick.
     pub shutdown: Arc<AtomicBool>,
     open_connections: AtomicUsize,
+    /// By core: its connections are all closed in the drain. After a core died the main thread
+    /// waits for this rather than for the others' exit, since the rest of their shutdown (their
+    /// goodbyes to every peer) can never finish then.
+    drained: Vec<AtomicBool>,
 }
 
 impl Global {
-    pub fn new() -> Global {
+    pub fn new(cores: usize) -> Global {
         Global {
             shutdown: Arc::new(AtomicBool::new(false)),
             open_connections: AtomicUsize::new(0),
+            drained: (0..cores).map(|_| AtomicBool::new(false)).collect(),
         }
+    }
+
+    pub(super) fn mark_drained(&self, core: usize) {
+        if let Some(flag) = self.drained.get(core) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+
+    pub(super) fn is_drained(&self, core: usize) -> bool {
+        self.drained
+            .get(core)
+            .is_some_and(|flag| flag.load(Ordering::Acquire))
     }
 
     /// Counts a new connection if fewer than `max` are open.
@@ -63,12 +80,6 @@ impl Global {
 
     pub(super) fn close(&self) {
         self.open_connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Default for Global {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
