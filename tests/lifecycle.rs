@@ -239,3 +239,100 @@ fn a_core_that_dies_ends_the_process_with_an_error_naming_it() {
     // Dead at 0.5 s; the others drain for at most --drain-timeout and a second more.
     assert!(took < Duration::from_secs(5), "exited {took:?} after start");
 }
+
+/// The lowest descriptor number process `pid` has free: with its soft open-file limit at this,
+/// its next open fails (the limit bounds the numbers, and a new descriptor takes the lowest).
+fn lowest_free_fd(pid: i32) -> u64 {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).unwrap()
+}
+
+/// Process `pid`'s open-file limit (soft, hard).
+fn nofile_of(pid: i32) -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads nothing and writes the struct it is given.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+/// Sets process `pid`'s soft open-file limit, keeping the hard one (so it can be raised again).
+fn set_soft_nofile(pid: i32, soft: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: nofile_of(pid).1,
+    };
+    // SAFETY: prlimit reads the struct it is given and writes nothing.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Out of file descriptors, every accept fails (EMFILE). Each listener backs off (10 ms,
+/// doubling to 1 s) and counts the failures, a core logs them at most once a second, and the
+/// connections already open are served throughout; once descriptors are free again, the
+/// connections that waited are taken.
+#[test]
+fn accepts_that_fail_for_want_of_descriptors_back_off_and_are_counted() {
+    let cores = test_cores();
+    let server = Server::start_with(
+        &["--cores", &cores.to_string(), "--max-connections", "1000"],
+        |c| {
+            c.stderr(std::process::Stdio::piped());
+        },
+    );
+    let pid = server.pid();
+    let addr = server.addr;
+    let (soft, _) = nofile_of(pid);
+    let attempts = block_on(async {
+        let mut kept = Client::connect(addr).await.unwrap();
+        assert_eq!(kept.ping(b"before").await.unwrap(), b"before");
+        // Not a descriptor to spare: the next accept on any core fails.
+        set_soft_nofile(pid, lowest_free_fd(pid));
+        let started = std::time::Instant::now();
+        let mut waiting = Vec::new();
+        while started.elapsed() < Duration::from_millis(2500) {
+            for _ in 0..2 {
+                waiting.push(std::net::TcpStream::connect(addr).unwrap());
+            }
+            assert_eq!(kept.ping(b"during").await.unwrap(), b"during");
+            percore::runtime::sleep(Duration::from_millis(25)).await;
+        }
+        set_soft_nofile(pid, soft);
+        // A connection that waited is taken by its listener's next accept, at most one
+        // back-off (1 s) away.
+        let mut first = Wire {
+            s: waiting.swap_remove(0),
+        };
+        first
+            .s
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        first.ping(7);
+        assert_eq!(kept.ping(b"after").await.unwrap(), b"after");
+        waiting.len() + 1
+    });
+    let stopped = server.stop(Duration::from_secs(15));
+    assert!(stopped.status.success(), "{:?}", stopped.status);
+    let failed = report_core_sum(&stopped.stdout, "accept_errors");
+    let logged: Vec<&str> = stopped
+        .stderr
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    assert!(failed >= 1, "no failed accept counted:\n{}", stopped.stdout);
+    // 2.5 s of failures: at most a line a second per core, each with its count.
+    assert!(
+        !logged.is_empty() && logged.len() <= 4 * cores,
+        "{} lines for {failed} failed accepts and {attempts} connections:\n{}",
+        logged.len(),
+        stopped.stderr
+    );
+    assert!(logged.iter().all(|l| l.contains("failures")), "{logged:?}");
+    assert!(logged.len() * 10 < attempts, "{} lines", logged.len());
+}

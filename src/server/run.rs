@@ -158,9 +158,17 @@ async fn tick_until_shutdown(shard: &Shard) {
     }
 }
 
+/// After a failed accept a listener waits this long before the next, doubling while accepts
+/// keep failing, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A core logs failed accepts at most this often, with how many there were since its last line.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Accepts connections speaking `protocol` until the shard drains, each served by its own
 /// task.
 async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.draining.wait().await;
@@ -169,11 +177,17 @@ async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
         .await;
         let conn = match accepted {
             None => return,
-            Some(Ok(conn)) => conn,
+            Some(Ok(conn)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                conn
+            }
             Some(Err(e)) => {
-                // Typically EMFILE or ENFILE: back off instead of spinning on the error.
-                tracing::warn!(core = shard.index, "accept failed: {e}");
-                runtime::sleep(Duration::from_millis(10)).await;
+                // Typically EMFILE or ENFILE, which the next accept would meet again at once:
+                // wait, longer while it lasts.
+                shard.metrics.borrow_mut().accept_errors += 1;
+                log_accept_failure(&shard, &e);
+                runtime::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -204,6 +218,27 @@ async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
             }
         });
     }
+}
+
+/// Logs a failed accept, unless this core logged one less than [`ACCEPT_LOG_EVERY`] ago: then
+/// it is only counted, and the next line says how many there were.
+fn log_accept_failure(shard: &Shard, e: &std::io::Error) {
+    let now = Instant::now();
+    let mut failures = shard.accept_failures.borrow_mut();
+    failures.unlogged += 1;
+    if failures
+        .logged_at
+        .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_LOG_EVERY)
+    {
+        return;
+    }
+    tracing::warn!(
+        core = shard.index,
+        failures = failures.unlogged,
+        "accept failed: {e}; backing off (failures since this core's last such line)"
+    );
+    failures.logged_at = Some(now);
+    failures.unlogged = 0;
 }
 
 /// Runs queued jobs one at a time until the queue is closed and empty.

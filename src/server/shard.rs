@@ -37,6 +37,14 @@ const IO_BUFFER_KEPT: usize = 256 << 10;
 /// Idle connection buffers a core keeps for reuse (at most 4 MiB of 16 KiB ones).
 const IO_BUFFERS_KEPT: usize = 256;
 
+/// Failed accepts a core has not logged yet, and when it last did (it logs them at most once a
+/// second).
+#[derive(Default)]
+pub struct AcceptFailures {
+    pub logged_at: Option<Instant>,
+    pub unlogged: u64,
+}
+
 /// State shared by all cores. Touched at accept, at close and once per tick; never per request.
 pub struct Global {
     /// Set by a signal handler or [`super::Server::shutdown`]; every core polls it each tick.
@@ -109,6 +117,7 @@ pub struct Shard {
     /// Set when the server starts draining: listeners close, connections stop reading.
     pub draining: Latch,
     pub(super) no_connections: Latch,
+    pub(super) accept_failures: RefCell<AcceptFailures>,
     epoch: Instant,
 }
 
@@ -149,6 +158,7 @@ impl Shard {
             connections: RefCell::new(Slab::new()),
             draining: Latch::default(),
             no_connections: Latch::default(),
+            accept_failures: RefCell::default(),
             epoch: Instant::now(),
             mesh,
             config,
