@@ -1,5 +1,6 @@
-//! The server's settings: command line, optional TOML file with the same keys, defaults, and the
-//! parsers for sizes (`64MiB`), durations (`250ms`) and core lists (`4`, `0,2-3`).
+//! The server's settings: command line, optional TOML file with the same keys, defaults, the
+//! parsers for sizes (`64MiB`), durations (`250ms`) and core lists (`4`, `0,2-3`), and the
+//! checks of the settings against the machine (its CPUs, its open-file limit).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ impl FromStr for Dur {
     }
 }
 
+/// The highest CPU number a `--cores` list may name: Linux supports at most 8192 CPUs
+/// (`CONFIG_NR_CPUS`), so a list is checked against this before any range is expanded.
+pub const MAX_CPU: usize = 8191;
+
 /// Which CPUs to run on: a count (`4`: the first four usable CPUs) or a list (`0,2-3`).
 /// A single CPU is written as a range, `3-3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,28 +65,38 @@ impl FromStr for CoreSpec {
                 Ok(CoreSpec::Count(n))
             };
         }
+        // Every range is checked against MAX_CPU before it is expanded, and a CPU named twice
+        // is refused as it comes, so the list never holds more than MAX_CPU + 1 entries.
         let mut cpus = Vec::new();
+        let mut seen = vec![false; MAX_CPU + 1];
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part.split_once('-') {
-                Some((a, b)) => {
-                    let a: usize = a.trim().parse().map_err(|_| bad())?;
-                    let b: usize = b.trim().parse().map_err(|_| bad())?;
-                    if a > b {
-                        return Err(bad());
-                    }
-                    cpus.extend(a..=b);
+            let (a, b) = match part.split_once('-') {
+                Some((a, b)) => (
+                    a.trim().parse::<usize>().map_err(|_| bad())?,
+                    b.trim().parse::<usize>().map_err(|_| bad())?,
+                ),
+                None => {
+                    let cpu = part.parse::<usize>().map_err(|_| bad())?;
+                    (cpu, cpu)
                 }
-                None => cpus.push(part.parse().map_err(|_| bad())?),
+            };
+            if a > b {
+                return Err(bad());
+            }
+            if b > MAX_CPU {
+                return Err(format!(
+                    "CPU {b} is above {MAX_CPU}, the highest CPU number Linux supports"
+                ));
+            }
+            for (cpu, seen) in seen.iter_mut().enumerate().take(b + 1).skip(a) {
+                if std::mem::replace(seen, true) {
+                    return Err(format!("`{s}` names CPU {cpu} twice"));
+                }
+                cpus.push(cpu);
             }
         }
         if cpus.is_empty() {
             return Err(bad());
-        }
-        let mut sorted = cpus.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != cpus.len() {
-            return Err(format!("`{s}` names a CPU twice"));
         }
         Ok(CoreSpec::List(cpus))
     }
@@ -166,16 +181,20 @@ pub struct Options {
     #[arg(long, value_name = "N|LIST")]
     pub cores: Option<CoreSpec>,
 
-    /// Memory for stored items, split evenly across cores [default: 256MiB]
+    /// Memory for stored items, split evenly across cores; at most 262143MiB per core
+    /// [default: 256MiB]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<Size>,
 
-    /// Open connections allowed at once, across all cores; more are closed at accept
-    /// [default: 10000]
+    /// Open connections allowed at once, across all cores; more are closed at accept. Each
+    /// takes a file descriptor: the open-file limit (RLIMIT_NOFILE, raised to its hard limit at
+    /// start) must hold them and 32 + 16 per core more [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Largest frame (length prefix) accepted; larger closes the connection [default: 2MiB]
+    /// Largest frame (length prefix) accepted; larger closes the connection. At most 2047MiB:
+    /// the reply to a frame (a Ping echoes it) must fit in a FlatBuffer, which stops at 2GiB
+    /// [default: 2MiB]
     #[arg(long, value_name = "SIZE")]
     pub max_frame: Option<Size>,
 
@@ -201,7 +220,8 @@ pub struct Options {
     #[arg(long, value_name = "BASE")]
     pub shard_ports: Option<u16>,
 
-    /// Compute requests queued per core; past it Compute answers Overloaded [default: 256]
+    /// Compute requests queued per core; past it Compute answers Overloaded [default: 256, at
+    /// most 65536]
     #[arg(long, value_name = "N")]
     pub compute_queue: Option<usize>,
 
@@ -211,7 +231,7 @@ pub struct Options {
     #[arg(long, value_name = "SIZE")]
     pub owed_budget: Option<Size>,
 
-    /// On SIGINT/SIGTERM, how long to wait for in-flight requests [default: 5s]
+    /// On SIGINT/SIGTERM, how long to wait for in-flight requests [default: 5s, at most 1h]
     #[arg(long, value_name = "DUR")]
     pub drain_timeout: Option<Dur>,
 
@@ -300,13 +320,32 @@ impl Options {
     }
 }
 
+/// `--compute-queue` at most: the queue and the pool that lends its jobs buffers are sized for
+/// it at start, and a deeper queue only adds latency (each job takes up to milliseconds).
+pub const MAX_COMPUTE_QUEUE: usize = 65_536;
+/// `--drain-timeout` at most. The drain's deadline is a timer at now plus this, which must be a
+/// time the clock can represent; a drain of more than an hour is not a drain.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// File descriptors the process needs beside its connections and its cores: stdio, logging,
+/// what it inherits.
+pub const FDS_HEADROOM: u64 = 32;
+/// File descriptors each core needs beside its connections: its io_uring rings (3), eventfd
+/// and epoll set, up to three listeners, and a connection being accepted (or refused) on each.
+pub const FDS_PER_CORE: u64 = 16;
+
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
-        use crate::protocol::{MAX_KEY_LEN, MAX_VALUE_LEN};
+        use crate::protocol::{MAX_FRAME_LIMIT, MAX_KEY_LEN, MAX_VALUE_LEN};
         // The largest valid request (a Set of a 250-byte key and a 1 MiB value) must fit.
         let min_frame = MAX_VALUE_LEN + MAX_KEY_LEN + 1024;
-        if self.max_frame < min_frame || self.max_frame > u32::MAX as usize {
-            bail!("--max-frame must be between {min_frame} bytes (a maximal Set) and 4GiB");
+        if self.max_frame < min_frame || self.max_frame > MAX_FRAME_LIMIT {
+            bail!(
+                "--max-frame {}: must be between {min_frame} bytes (a maximal Set) and {}MiB \
+                 (the reply to a frame must fit in a FlatBuffer, which stops at 2GiB)",
+                self.max_frame,
+                MAX_FRAME_LIMIT >> 20
+            );
         }
         if self.max_inflight == 0 {
             bail!("--max-inflight must be at least 1");
@@ -317,8 +356,18 @@ impl Config {
         if self.owed_budget < 1 << 20 {
             bail!("--owed-budget must be at least 1MiB (one largest value)");
         }
-        if self.compute_queue == 0 {
-            bail!("--compute-queue must be at least 1");
+        if self.compute_queue == 0 || self.compute_queue > MAX_COMPUTE_QUEUE {
+            bail!(
+                "--compute-queue {}: must be between 1 and {MAX_COMPUTE_QUEUE}",
+                self.compute_queue
+            );
+        }
+        if self.drain_timeout > MAX_DRAIN_TIMEOUT {
+            bail!(
+                "--drain-timeout {}: must be at most {}",
+                humantime::format_duration(self.drain_timeout),
+                humantime::format_duration(MAX_DRAIN_TIMEOUT)
+            );
         }
         if self.idle_timeout.is_zero() || self.frame_timeout.is_zero() {
             bail!("--idle-timeout and --frame-timeout must be above zero");
@@ -336,6 +385,19 @@ impl Config {
                 shards
             );
         }
+        // A store numbers its chunks with u32 slots; past this budget a class would have more.
+        let max_per_core = crate::store::arena::MAX_BUDGET as u64;
+        if self.memory / shards > max_per_core {
+            bail!(
+                "--memory {}MiB over {shards} cores is {}MiB per core; a core's store holds at \
+                 most {}MiB (it numbers its {}-byte chunks with 32 bits): use more cores or less \
+                 memory",
+                self.memory >> 20,
+                (self.memory / shards) >> 20,
+                max_per_core >> 20,
+                crate::store::arena::MIN_CHUNK
+            );
+        }
         if let Some(base) = self.shard_ports {
             let last = u32::from(base) + self.cpus.len() as u32 - 1;
             if base == 0 || last > u32::from(u16::MAX) {
@@ -343,6 +405,60 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// File descriptors these settings may need at once: one per connection, and headroom.
+    pub fn fds_needed(&self) -> u64 {
+        self.max_connections as u64 + FDS_HEADROOM + FDS_PER_CORE * self.cpus.len() as u64
+    }
+
+    /// Raises the soft open-file limit (RLIMIT_NOFILE) to the hard one, and refuses settings
+    /// whose connections it cannot hold: past it every accept fails with EMFILE.
+    pub fn ensure_fd_limit(&self) -> anyhow::Result<()> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return Ok(());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: setrlimit reads the struct it is given.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            } else {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(
+                    soft = limit.rlim_cur,
+                    hard = limit.rlim_max,
+                    "cannot raise the open-file limit: {e}"
+                );
+            }
+        }
+        self.check_fd_limit(limit.rlim_cur, limit.rlim_max)
+    }
+
+    fn check_fd_limit(&self, soft: u64, hard: u64) -> anyhow::Result<()> {
+        let needed = self.fds_needed();
+        if needed <= soft {
+            return Ok(());
+        }
+        let headroom = needed - self.max_connections as u64;
+        bail!(
+            "--max-connections {} needs {needed} file descriptors (one per connection, and \
+             {FDS_HEADROOM} + {FDS_PER_CORE} per core for listeners, io_uring and the like), but \
+             the open-file limit is {soft} (hard limit {hard}): raise it (`ulimit -n`, \
+             LimitNOFILE= in a systemd unit) or give --max-connections at most {}",
+            self.max_connections,
+            soft.saturating_sub(headroom)
+        )
     }
 
     pub fn shard_count(&self) -> usize {
@@ -383,6 +499,108 @@ mod tests {
         assert!(CoreSpec::Count(4).resolve(&usable).is_err());
         assert_eq!(CoreSpec::List(vec![2]).resolve(&usable).unwrap(), vec![2]);
         assert!(CoreSpec::List(vec![7]).resolve(&usable).is_err());
+    }
+
+    /// The defaults on `cores` CPUs, as `into_config` would make them.
+    fn config(cores: usize) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            memcached_listen: None,
+            cpus: (0..cores).collect(),
+            memory: 256 << 20,
+            max_connections: 10_000,
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            max_inflight: 1024,
+            idle_timeout: Duration::from_secs(300),
+            frame_timeout: Duration::from_secs(10),
+            shard_ports: None,
+            compute_queue: 256,
+            owed_budget: 64 << 20,
+            drain_timeout: Duration::from_secs(5),
+            backlog: 1024,
+            idle_poll: Duration::from_micros(100),
+        }
+    }
+
+    fn refused(change: impl FnOnce(&mut Config), cores: usize) -> Option<String> {
+        let mut c = config(cores);
+        change(&mut c);
+        c.validate().err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn core_lists_are_bounded_before_they_are_expanded() {
+        let err = "0-99999999999".parse::<CoreSpec>().unwrap_err();
+        assert!(err.contains("99999999999") && err.contains("8191"), "{err}");
+        assert!("0,99999999999".parse::<CoreSpec>().is_err());
+        let all = "0-8191".parse::<CoreSpec>().unwrap();
+        assert_eq!(all, CoreSpec::List((0..=MAX_CPU).collect()));
+        let err = "0-8191,0-8191".parse::<CoreSpec>().unwrap_err();
+        assert!(err.contains("CPU 0 twice"), "{err}");
+        // A count is not a list: it is checked against the usable CPUs, allocating nothing.
+        assert!(CoreSpec::Count(usize::MAX).resolve(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn values_that_would_crash_the_server_are_refused_with_their_bound() {
+        assert_eq!(refused(|_| {}, 1), None);
+
+        use crate::protocol::MAX_FRAME_LIMIT;
+        assert_eq!(refused(|c| c.max_frame = MAX_FRAME_LIMIT, 1), None);
+        let err = refused(|c| c.max_frame = MAX_FRAME_LIMIT + 1, 1).unwrap();
+        assert!(
+            err.contains("--max-frame") && err.contains("2047MiB"),
+            "{err}"
+        );
+        assert!(refused(|c| c.max_frame = 3 << 30, 1).is_some());
+        const { assert!(MAX_FRAME_LIMIT < flatbuffers::FLATBUFFERS_MAX_BUFFER_SIZE) };
+
+        assert_eq!(refused(|c| c.compute_queue = MAX_COMPUTE_QUEUE, 1), None);
+        let err = refused(|c| c.compute_queue = MAX_COMPUTE_QUEUE + 1, 1).unwrap();
+        assert!(
+            err.contains("--compute-queue") && err.contains("65536"),
+            "{err}"
+        );
+        assert!(refused(|c| c.compute_queue = usize::MAX, 1).is_some());
+
+        assert_eq!(refused(|c| c.drain_timeout = MAX_DRAIN_TIMEOUT, 1), None);
+        let err = refused(|c| c.drain_timeout = Duration::MAX, 1).unwrap();
+        assert!(
+            err.contains("--drain-timeout") && err.contains("1h"),
+            "{err}"
+        );
+        let just_over = MAX_DRAIN_TIMEOUT + Duration::from_nanos(1);
+        assert!(refused(|c| c.drain_timeout = just_over, 1).is_some());
+
+        let most = crate::store::arena::MAX_BUDGET as u64;
+        assert_eq!(refused(|c| c.memory = most, 1), None);
+        assert_eq!(refused(|c| c.memory = 2 * most, 2), None);
+        let err = refused(|c| c.memory = most + 1, 1).unwrap();
+        assert!(
+            err.contains("--memory") && err.contains("262143MiB"),
+            "{err}"
+        );
+        assert!(refused(|c| c.memory = u64::MAX, 2).is_some());
+    }
+
+    #[test]
+    fn connections_must_fit_in_the_open_file_limit() {
+        let mut c = config(2);
+        c.max_connections = 1000;
+        let needed = 1000 + FDS_HEADROOM + 2 * FDS_PER_CORE;
+        assert_eq!(c.fds_needed(), needed);
+        assert!(c.check_fd_limit(needed, needed).is_ok());
+        let err = c.check_fd_limit(needed - 1, 4096).unwrap_err().to_string();
+        assert!(
+            err.contains("--max-connections 1000")
+                && err.contains(&format!("needs {needed}"))
+                && err.contains(&format!("limit is {}", needed - 1))
+                && err.contains("hard limit 4096")
+                && err.contains("at most 999"),
+            "{err}"
+        );
+        // No limit at all still gets a message, not an underflow.
+        assert!(c.check_fd_limit(0, 0).is_err());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The `percore` server binary: parse the settings, start a pinned executor per core, wait for
 //! SIGINT or SIGTERM, drain, print the exit report.
+//!
+//! Exit status: 0 after an orderly shutdown; 2 when the settings are refused (as clap does for
+//! a value it cannot parse), so a supervisor can tell a bad configuration from a failure; 1
+//! when the server cannot start (a taken port, no io_uring) or a core stops.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use percore::config::Options;
+use percore::config::{Config, Options};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
@@ -15,7 +19,18 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(Options::parse()) {
+    let options = Options::parse();
+    let config = match options
+        .into_config()
+        .and_then(|config| config.ensure_fd_limit().map(|()| config))
+    {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("percore: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("percore: error: {e:#}");
@@ -24,8 +39,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: Options) -> anyhow::Result<()> {
-    let config = options.into_config()?;
+fn run(config: Config) -> anyhow::Result<()> {
     let server = percore::server::start(config.clone())?;
 
     // The first SIGINT/SIGTERM drains; a second one while draining exits at once.

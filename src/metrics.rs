@@ -26,6 +26,8 @@ pub struct Metrics {
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Accepts that failed (EMFILE, ENFILE: out of file descriptors), each followed by a wait.
+    pub accept_errors: u64,
     /// Requests this core read from its connections, by operation.
     pub requests: [u64; OpKind::COUNT],
     /// Requests answered with an error before they could run: bad frames, bad fields.
@@ -47,6 +49,7 @@ impl Metrics {
             connections_open: 0,
             connections_accepted: 0,
             connections_refused: 0,
+            accept_errors: 0,
             requests: [0; OpKind::COUNT],
             rejected: 0,
             unanswered: 0,
@@ -199,14 +202,15 @@ impl fmt::Display for ExitReport {
             let m = &s.metrics;
             writeln!(
                 f,
-                "core {:>3} (cpu {:>3}): requests {} connections {} refused {} forwarded {} \
-                 rejected {} unanswered {} items {} bytes {} reserved {} hits {} misses {} \
-                 expirations {} evictions {} gathers {}",
+                "core {:>3} (cpu {:>3}): requests {} connections {} refused {} accept_errors {} \
+                 forwarded {} rejected {} unanswered {} items {} bytes {} reserved {} hits {} \
+                 misses {} expirations {} evictions {} gathers {}",
                 m.shard,
                 s.cpu,
                 m.requests.iter().sum::<u64>(),
                 m.connections_accepted,
                 m.connections_refused,
+                m.accept_errors,
                 m.forwarded,
                 m.rejected,
                 m.unanswered,

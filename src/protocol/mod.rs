@@ -36,6 +36,10 @@ pub const MAX_KEY_LEN: usize = 250;
 pub const MAX_VALUE_LEN: usize = 1 << 20;
 /// Default for `--max-frame`: the largest length prefix a peer may send.
 pub const DEFAULT_MAX_FRAME: usize = 2 << 20;
+/// `--max-frame` at most. A reply can be as large as the frame it answers (a Ping echoes its
+/// payload) plus its own few dozen bytes, and the FlatBuffers builder panics rather than build
+/// a buffer of 2 GiB or more; 1 MiB below that leaves the reply's overhead ample room.
+pub const MAX_FRAME_LIMIT: usize = flatbuffers::FLATBUFFERS_MAX_BUFFER_SIZE - (1 << 20);
 /// `Compute.rounds` upper bound, so one request cannot occupy a core for hours.
 pub const MAX_COMPUTE_ROUNDS: u32 = 1_000_000;
 /// File identifier of a `Request` buffer.

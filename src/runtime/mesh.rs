@@ -176,9 +176,7 @@ impl<Req: Send + 'static, Rep: Send + 'static> MeshEnds<Req, Rep> {
                 None => None,
             });
         }
-        Mesh {
-            links,
-        }
+        Mesh { links }
     }
 }
 
@@ -304,7 +302,6 @@ impl<T: Send + 'static> Drop for Inbound<T> {
 pub struct SendError<T>(pub T);
 
 impl<Req: Send + 'static, Rep: Send + 'static> Mesh<Req, Rep> {
-
     /// The link to `peer`, or `None` for this core itself.
     pub fn link(&self, peer: usize) -> Option<&Rc<Link<Req, Rep>>> {
         self.links.get(peer)?.as_ref()

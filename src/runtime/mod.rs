@@ -14,10 +14,7 @@ pub mod poller;
 use std::future::Future;
 use std::time::Duration;
 
-use glommio::{
-    BuilderErrorKind, GlommioError, Latency, LocalExecutorBuilder, Placement, ReactorErrorKind,
-    Shares,
-};
+use glommio::{GlommioError, Latency, LocalExecutorBuilder, Placement, ReactorErrorKind, Shares};
 
 /// Why an executor could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +30,22 @@ pub enum RuntimeError {
          io_uring in their seccomp profile)"
     )]
     Start { cpu: usize, source: std::io::Error },
-    #[error("the executor on CPU {cpu} panicked")]
-    Panicked { cpu: usize },
+    #[error("cannot start a thread for CPU {cpu}")]
+    Thread { cpu: usize, source: std::io::Error },
+    #[error("the executor on CPU {cpu} panicked: {message}")]
+    Panicked { cpu: usize, message: String },
+}
+
+/// The text a panic was raised with, when it was raised with text.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".to_owned(),
+    }
 }
 
 fn runtime_error<T>(cpu: usize, err: GlommioError<T>) -> RuntimeError {
@@ -55,7 +66,7 @@ fn runtime_error<T>(cpu: usize, err: GlommioError<T>) -> RuntimeError {
 /// A thread running one glommio executor pinned to one CPU.
 pub struct Executor<T: Send + 'static> {
     cpu: usize,
-    handle: glommio::ExecutorJoinHandle<T>,
+    handle: std::thread::JoinHandle<Result<T, RuntimeError>>,
 }
 
 /// Memory glommio registers with io_uring per executor. percore does no file I/O, so the
@@ -87,26 +98,65 @@ impl<T: Send + 'static> Executor<T> {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
     {
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        Self::start_watched(cpu, name, || {}, make)
+    }
+
+    /// [`Self::start`], and the thread calls `on_exit` as it ends, however it ends (its future
+    /// returned, the executor could not start, a task panicked): so whoever waits for several
+    /// executors learns at once that any one of them stopped, not when it gets to joining it.
+    pub fn start_watched<F, Fut>(
+        cpu: usize,
+        name: &str,
+        on_exit: impl FnOnce() + Send + 'static,
+        make: F,
+    ) -> Result<Executor<T>, RuntimeError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        // The thread is ours rather than glommio's (`LocalExecutorBuilder::make` on it is what
+        // glommio's `spawn` does) so that the panic is caught where the notice can follow it.
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(name)
-            .io_memory(IO_MEMORY)
+            .io_memory(IO_MEMORY);
+        let handle = std::thread::Builder::new()
+            .name(name.to_owned())
             .spawn(move || {
-                glommio::spawn_local(heartbeat()).detach();
-                make()
+                // A panic in any task of the executor unwinds out of `run`.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    let executor = builder.make().map_err(|e| runtime_error(cpu, e))?;
+                    Ok(executor.run(async move {
+                        glommio::spawn_local(heartbeat()).detach();
+                        make().await
+                    }))
+                }));
+                on_exit();
+                outcome.unwrap_or_else(|payload| {
+                    Err(RuntimeError::Panicked {
+                        cpu,
+                        message: panic_message(&*payload),
+                    })
+                })
             })
-            .map_err(|e| runtime_error(cpu, e))?;
+            .map_err(|source| RuntimeError::Thread { cpu, source })?;
         Ok(Executor { cpu, handle })
+    }
+
+    /// The CPU the executor is pinned to.
+    pub fn cpu(&self) -> usize {
+        self.cpu
     }
 
     /// Waits for the executor's future to finish and returns its output.
     pub fn join(self) -> Result<T, RuntimeError> {
         let cpu = self.cpu;
         match self.handle.join() {
-            Ok(value) => Ok(value),
-            Err(GlommioError::BuilderError(BuilderErrorKind::ThreadPanic(_))) => {
-                Err(RuntimeError::Panicked { cpu })
-            }
-            Err(e) => Err(runtime_error(cpu, e)),
+            Ok(result) => result,
+            // Only a panic outside the executor's run, which catches its own, gets here.
+            Err(payload) => Err(RuntimeError::Panicked {
+                cpu,
+                message: panic_message(&*payload),
+            }),
         }
     }
 }

@@ -156,7 +156,6 @@ impl Conn {
         self.stream.set_nodelay(true).map_err(io::Error::from)
     }
 
-
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.stream.local_addr().map_err(io::Error::from)
     }

@@ -2,7 +2,10 @@
 //!
 //! [`start`] binds every listener up front (so a taken port or a bad address is reported before
 //! any thread starts), builds the cross-core mesh, starts one pinned executor per CPU and waits
-//! until all are serving. [`Server::wait`] joins them after shutdown and merges their reports.
+//! until all are serving. [`Server::wait`] collects each core as it stops and merges their
+//! reports; a core that stops before shutdown (a panic) ends the wait with an error naming it,
+//! after at most the drain timeout for the others, so a dead core cannot leave the process
+//! hanging on the peers whose mesh permits it stranded.
 //!
 //! Inside a core, a request travels: [`connection`] (read, write replies, push back) → its
 //! [`codec`] (native FlatBuffers or memcached text: split the request, run it here or send it
@@ -25,13 +28,15 @@ pub mod shard;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 
 use crate::config::Config;
 use crate::metrics::{ExitReport, ShardReport};
-use crate::runtime::{self, Executor};
+use crate::runtime::{self, Executor, RuntimeError};
 use codec::Protocol;
 use run::ShardSetup;
 use shard::{Global, MESH_CAPACITY};
@@ -47,7 +52,38 @@ pub struct Server {
     /// The address every core serves memcached's protocol on, with `--memcached-listen`.
     pub memcached_addr: Option<SocketAddr>,
     global: Arc<Global>,
-    executors: Vec<Executor<ShardReport>>,
+    /// Each core's executor, by shard index, until it has been joined.
+    executors: Vec<Option<Executor<ShardReport>>>,
+    events: Receiver<CoreEvent>,
+    drain_timeout: Duration,
+}
+
+/// What the cores tell the main thread.
+pub enum CoreEvent {
+    /// Core `i` is connected to its peers and accepting.
+    Ready(usize),
+    /// Core `i`'s thread is ending, for whatever reason.
+    Exited(usize),
+}
+
+/// After a core stopped early, how long past the drain timeout the others get to finish.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// How often the main thread looks whether the others have drained, after a core stopped.
+const STOP_POLL: Duration = Duration::from_millis(10);
+
+/// The error for core `index` that stopped with `outcome` while it should have been serving.
+fn stopped(
+    index: usize,
+    cpu: usize,
+    when: &str,
+    outcome: Result<ShardReport, RuntimeError>,
+) -> anyhow::Error {
+    let reason = match outcome {
+        Ok(_) => "it returned before shutdown".to_owned(),
+        Err(RuntimeError::Panicked { message, .. }) => format!("panicked: {message}"),
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
+    };
+    anyhow!("core {index} (CPU {cpu}) stopped{when}: {reason}")
 }
 
 /// Starts one pinned executor per configured CPU and returns once every core is serving.
@@ -83,10 +119,10 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         }
     }
 
-    let global = Arc::new(Global::new());
+    let global = Arc::new(Global::new(shards));
     let mut meshes = runtime::mesh::full_mesh(shards, MESH_CAPACITY).into_iter();
     let mut executors = Vec::with_capacity(shards);
-    let mut ready = Vec::with_capacity(shards);
+    let (events_tx, events) = mpsc::channel();
     for (index, &cpu) in config.cpus.iter().enumerate() {
         let mut listeners = vec![(groups.remove(0), Protocol::Native)];
         if let Some(own) = own_listeners.get_mut(index).and_then(Option::take) {
@@ -95,7 +131,6 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         if !memcached_groups.is_empty() {
             listeners.push((memcached_groups.remove(0), Protocol::Memcache));
         }
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let setup = ShardSetup {
             index,
             cpu,
@@ -106,22 +141,39 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             mesh: meshes
                 .next()
                 .ok_or_else(|| anyhow!("mesh has too few ends"))?,
-            ready: ready_tx,
+            ready: events_tx.clone(),
         };
         let name = format!("percore-{index}");
-        executors.push(Executor::start(cpu, &name, move || run::run(setup))?);
-        ready.push(ready_rx);
+        let exited = events_tx.clone();
+        let on_exit = move || {
+            // The main thread may have returned already; then nobody needs to know.
+            let _ = exited.send(CoreEvent::Exited(index));
+        };
+        let started = Executor::start_watched(cpu, &name, on_exit, move || run::run(setup));
+        match started {
+            Ok(executor) => executors.push(Some(executor)),
+            Err(e) => {
+                global.shutdown.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        }
     }
-    // A core that fails to start drops its setup, and with it the sender, without a word.
-    for (index, rx) in ready.into_iter().enumerate() {
-        if rx.recv().is_err() {
-            global.shutdown.store(true, Ordering::Release);
-            let cpu = config.cpus[index];
-            let executor = executors.swap_remove(index);
-            return Err(match executor.join() {
-                Err(e) => anyhow!(e),
-                Ok(_) => anyhow!("core {index} (CPU {cpu}) stopped during start-up"),
-            });
+    drop(events_tx);
+    // Every core must say it is ready. One that stops first (it could not make its executor,
+    // or panicked) says so too, so its peers, which wait for it, cannot keep this waiting.
+    let mut ready = 0;
+    while ready < shards {
+        match events.recv() {
+            Ok(CoreEvent::Ready(_)) => ready += 1,
+            Ok(CoreEvent::Exited(index)) => {
+                global.shutdown.store(true, Ordering::Release);
+                if let Some(executor) = executors[index].take() {
+                    let cpu = executor.cpu();
+                    return Err(stopped(index, cpu, " during start-up", executor.join()));
+                }
+            }
+            // Unreachable: every core's thread says it exits before it lets go of its sender.
+            Err(_) => return Err(anyhow!("the cores stopped during start-up")),
         }
     }
     Ok(Server {
@@ -131,6 +183,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         memcached_addr,
         global,
         executors,
+        events,
+        drain_timeout: config.drain_timeout,
     })
 }
 
@@ -146,11 +200,67 @@ impl Server {
     }
 
     /// Waits for every core to finish and merges their reports.
-    pub fn wait(self) -> anyhow::Result<ExitReport> {
-        let mut shards = Vec::with_capacity(self.executors.len());
-        for executor in self.executors {
-            shards.push(executor.join()?);
+    ///
+    /// Cores are collected as they stop, in whatever order. One that stops while the server is
+    /// not shutting down (it panicked) ends the wait with an error naming it: the others are
+    /// told to drain, and the error is returned once their connections are closed, or after
+    /// the drain timeout and [`STOP_GRACE`], whichever is first. What is left of their shutdown
+    /// waits for the dead core, which will never answer or release its permits; the process's
+    /// exit ends it.
+    pub fn wait(mut self) -> anyhow::Result<ExitReport> {
+        let mut reports: Vec<Option<ShardReport>> = self.executors.iter().map(|_| None).collect();
+        let mut running = self.executors.len();
+        let mut failure = None;
+        let mut deadline: Option<Instant> = None;
+        while running > 0 {
+            let event = match deadline {
+                None => self.events.recv().map_err(|_| ()),
+                Some(at) => {
+                    let drained = (0..self.executors.len())
+                        .all(|i| self.executors[i].is_none() || self.global.is_drained(i));
+                    if drained || Instant::now() >= at {
+                        break;
+                    }
+                    match self.events.recv_timeout(STOP_POLL) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        other => other.map_err(|_| ()),
+                    }
+                }
+            };
+            // Every core's thread is gone.
+            let Ok(event) = event else { break };
+            let CoreEvent::Exited(index) = event else {
+                continue;
+            };
+            let Some(executor) = self.executors.get_mut(index).and_then(Option::take) else {
+                continue;
+            };
+            running -= 1;
+            let cpu = executor.cpu();
+            let outcome = executor.join();
+            match outcome {
+                Ok(report) if self.global.shutdown.load(Ordering::Acquire) => {
+                    reports[index] = Some(report)
+                }
+                outcome => {
+                    let error = stopped(index, cpu, "", outcome);
+                    if failure.is_none() {
+                        tracing::error!(
+                            "{error:#}; the other cores drain (at most {:?})",
+                            self.drain_timeout + STOP_GRACE
+                        );
+                        self.global.shutdown.store(true, Ordering::Release);
+                        deadline = Some(Instant::now() + self.drain_timeout + STOP_GRACE);
+                        failure = Some(error);
+                    }
+                }
+            }
         }
-        Ok(ExitReport { shards })
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        Ok(ExitReport {
+            shards: reports.into_iter().flatten().collect(),
+        })
     }
 }

@@ -13,11 +13,12 @@ use super::connection;
 use super::mailbox::{CloseReason, Completion, ConnShared};
 use super::peer;
 use super::shard::{Global, Shard, ShardMeshEnds};
+use super::CoreEvent;
 use crate::config::Config;
 use crate::metrics::{Metrics, ShardReport};
 use crate::ops;
 use crate::protocol::{OpKind, Reply};
-use crate::runtime::net::Listener;
+use crate::runtime::net::{Conn, Listener};
 use crate::runtime::{self, BackgroundQueue};
 
 /// Shares of the compute task queue; network tasks have glommio's default 1000.
@@ -36,7 +37,7 @@ pub struct ShardSetup {
     pub shard_ports: Vec<u16>,
     pub mesh: ShardMeshEnds,
     /// Told once this core is connected to its peers and accepting.
-    pub ready: std::sync::mpsc::Sender<()>,
+    pub ready: std::sync::mpsc::Sender<CoreEvent>,
 }
 
 /// Runs one core's server until shutdown has been drained; returns its report.
@@ -71,7 +72,9 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
     }
     BackgroundQueue::new("compute", COMPUTE_SHARES).spawn(compute_worker(shard.clone()));
     // The receiver may be gone if the bootstrap gave up on another core; nothing to do then.
-    let _ = setup.ready.send(());
+    let _ = setup.ready.send(CoreEvent::Ready(shard.index));
+    #[cfg(debug_assertions)]
+    panic_if_asked(shard.index);
 
     tick_until_shutdown(&shard).await;
 
@@ -97,6 +100,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         shard.close_all(CloseReason::DrainTimeout);
         shard.no_connections.wait().await;
     }
+    shard.global.mark_drained(shard.index);
     shard.compute.close();
 
     // Tell peers this core sends no more requests; keep answering theirs until they say the
@@ -124,6 +128,25 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
     }
 }
 
+/// For the tests of a core's death, in debug builds only: `PERCORE_TEST_PANIC_CORE=N` or
+/// `N:DUR` makes core N panic (in a task of its own, as a connection's would) DUR after it is
+/// ready. No flag and nothing a client sends reaches it, and release builds do not have it.
+#[cfg(debug_assertions)]
+fn panic_if_asked(index: usize) {
+    let Ok(spec) = std::env::var("PERCORE_TEST_PANIC_CORE") else {
+        return;
+    };
+    let (core, after) = spec.split_once(':').unwrap_or((&spec, "0s"));
+    if core.trim().parse() != Ok(index) {
+        return;
+    }
+    let after = humantime::parse_duration(after.trim()).unwrap_or_default();
+    runtime::spawn(async move {
+        runtime::sleep(after).await;
+        panic!("PERCORE_TEST_PANIC_CORE asked core {index} to panic");
+    });
+}
+
 /// Checks timeouts every tick until the process is told to shut down.
 async fn tick_until_shutdown(shard: &Shard) {
     let tick = (shard.config.frame_timeout.min(shard.config.idle_timeout) / 4)
@@ -144,9 +167,17 @@ async fn tick_until_shutdown(shard: &Shard) {
     }
 }
 
+/// After a failed accept a listener waits this long before the next, doubling while accepts
+/// keep failing, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A core logs failed accepts at most this often, with how many there were since its last line.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Accepts connections speaking `protocol` until the shard drains, each served by its own
 /// task.
 async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.draining.wait().await;
@@ -155,41 +186,110 @@ async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
         .await;
         let conn = match accepted {
             None => return,
-            Some(Ok(conn)) => conn,
+            Some(Ok(conn)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                conn
+            }
             Some(Err(e)) => {
-                // Typically EMFILE or ENFILE: back off instead of spinning on the error.
-                tracing::warn!(core = shard.index, "accept failed: {e}");
-                runtime::sleep(Duration::from_millis(10)).await;
+                // Typically EMFILE or ENFILE, which the next accept would meet again at once:
+                // wait, longer while it lasts, but not past the start of the drain.
+                shard.metrics.borrow_mut().accept_errors += 1;
+                log_accept_failure(&shard, &e);
+                let draining = futures_lite::future::or(
+                    async {
+                        runtime::sleep(backoff).await;
+                        false
+                    },
+                    async {
+                        shard.draining.wait().await;
+                        true
+                    },
+                )
+                .await;
+                if draining {
+                    return;
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
-        if !shard.global.try_open(shard.config.max_connections) {
-            shard.metrics.borrow_mut().connections_refused += 1;
-            drop(conn);
-            continue;
+        if admit(&shard, conn, protocol) == Admitted::Draining {
+            return;
         }
-        if let Err(e) = conn.set_nodelay() {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-        {
-            let mut m = shard.metrics.borrow_mut();
-            m.connections_accepted += 1;
-            m.connections_open += 1;
-        }
-        let ordered = protocol == Protocol::Memcache;
-        let shared = Rc::new(ConnShared::new(Instant::now(), ordered, shard.owed.clone()));
-        let key = shard.connections.borrow_mut().insert(shared.clone());
-        let shard = shard.clone();
-        runtime::spawn(async move {
-            connection::serve(&shard, conn, &shared, protocol).await;
-            shard.connections.borrow_mut().remove(key);
-            shard.global.close();
-            shard.metrics.borrow_mut().connections_open -= 1;
-            if shard.draining.is_set() && shard.connections.borrow().is_empty() {
-                shard.no_connections.set();
-            }
-        });
     }
+}
+
+/// What became of an accepted connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Admitted {
+    /// A task of its own serves it.
+    Served,
+    /// Closed: `--max-connections` are open.
+    Refused,
+    /// Closed before anything was read: the drain has begun.
+    Draining,
+}
+
+/// Serves a connection just accepted, or closes it.
+///
+/// `accept` can return after the drain began (it wins the race in [`accept_loop`] when the
+/// connection came in the same scheduler pass, and takes one that is already waiting without
+/// waiting at all). Such a connection is closed before anything is read from it: the core may
+/// have seen its last connection close already and would exit under this one, its requests
+/// read and lost.
+fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
+    if shard.draining.is_set() {
+        drop(conn);
+        return Admitted::Draining;
+    }
+    if !shard.global.try_open(shard.config.max_connections) {
+        shard.metrics.borrow_mut().connections_refused += 1;
+        drop(conn);
+        return Admitted::Refused;
+    }
+    if let Err(e) = conn.set_nodelay() {
+        tracing::debug!("TCP_NODELAY: {e}");
+    }
+    {
+        let mut m = shard.metrics.borrow_mut();
+        m.connections_accepted += 1;
+        m.connections_open += 1;
+    }
+    let ordered = protocol == Protocol::Memcache;
+    let shared = Rc::new(ConnShared::new(Instant::now(), ordered, shard.owed.clone()));
+    let key = shard.connections.borrow_mut().insert(shared.clone());
+    let shard = shard.clone();
+    runtime::spawn(async move {
+        connection::serve(&shard, conn, &shared, protocol).await;
+        shard.connections.borrow_mut().remove(key);
+        shard.global.close();
+        shard.metrics.borrow_mut().connections_open -= 1;
+        if shard.draining.is_set() && shard.connections.borrow().is_empty() {
+            shard.no_connections.set();
+        }
+    });
+    Admitted::Served
+}
+
+/// Logs a failed accept, unless this core logged one less than [`ACCEPT_LOG_EVERY`] ago: then
+/// it is only counted, and the next line says how many there were.
+fn log_accept_failure(shard: &Shard, e: &std::io::Error) {
+    let now = Instant::now();
+    let mut failures = shard.accept_failures.borrow_mut();
+    failures.unlogged += 1;
+    if failures
+        .logged_at
+        .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_LOG_EVERY)
+    {
+        return;
+    }
+    tracing::warn!(
+        core = shard.index,
+        failures = failures.unlogged,
+        "accept failed: {e}; backing off (failures since this core's last such line)"
+    );
+    failures.logged_at = Some(now);
+    failures.unlogged = 0;
 }
 
 /// Runs queued jobs one at a time until the queue is closed and empty.
@@ -210,5 +310,72 @@ async fn compute_worker(shard: Rc<Shard>) {
                 seq: 0,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::config::Options;
+    use crate::protocol::{Op, RequestEncoder};
+    use crate::runtime::mesh::full_mesh;
+    use crate::server::shard::MESH_CAPACITY;
+
+    /// A one-core shard with the default settings, and a listener for it.
+    async fn shard_and_listener() -> (Rc<Shard>, Listener, std::net::SocketAddr) {
+        let mut config = Options::default().into_config().unwrap();
+        config.cpus.truncate(1);
+        let ends = full_mesh(1, MESH_CAPACITY).pop().unwrap();
+        let mesh = ends.connect().await;
+        let global = Arc::new(Global::new(1));
+        let shard = Rc::new(Shard::new(
+            0,
+            config.cpus[0],
+            config,
+            global,
+            Vec::new(),
+            mesh,
+        ));
+        let socket = runtime::net::reuseport_listener(([127, 0, 0, 1], 0).into(), 16).unwrap();
+        let addr = runtime::net::local_addr(&socket).unwrap();
+        (shard, Listener::adopt(socket), addr)
+    }
+
+    fn ping() -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        RequestEncoder::new().encode(1, &Op::Ping { payload: b"p" }, &mut out);
+        out.to_vec()
+    }
+
+    /// A connection accepted before the drain is served; one accepted after it began is closed
+    /// with its request unread, and the core does not count it among its connections.
+    #[test]
+    fn a_connection_accepted_after_the_drain_began_is_closed_unread() {
+        runtime::block_on(async {
+            let (shard, listener, addr) = shard_and_listener().await;
+            let mut early = TcpStream::connect(addr).unwrap();
+            early.write_all(&ping()).unwrap();
+            let conn = listener.accept().await.unwrap();
+            assert_eq!(admit(&shard, conn, Protocol::Native), Admitted::Served);
+
+            let mut late = TcpStream::connect(addr).unwrap();
+            late.write_all(&ping()).unwrap();
+            let conn = listener.accept().await.unwrap();
+            shard.begin_drain();
+            assert_eq!(admit(&shard, conn, Protocol::Native), Admitted::Draining);
+            assert_eq!(shard.metrics.borrow().connections_accepted, 1);
+            assert_eq!(shard.connections.borrow().len(), 1);
+            // Closed with the Ping unread: a reset, or an end without a reply.
+            late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            match late.read(&mut buf) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("the late connection got {other:?}"),
+            }
+        });
     }
 }

@@ -37,19 +37,44 @@ const IO_BUFFER_KEPT: usize = 256 << 10;
 /// Idle connection buffers a core keeps for reuse (at most 4 MiB of 16 KiB ones).
 const IO_BUFFERS_KEPT: usize = 256;
 
+/// Failed accepts a core has not logged yet, and when it last did (it logs them at most once a
+/// second).
+#[derive(Default)]
+pub struct AcceptFailures {
+    pub logged_at: Option<Instant>,
+    pub unlogged: u64,
+}
+
 /// State shared by all cores. Touched at accept, at close and once per tick; never per request.
 pub struct Global {
     /// Set by a signal handler or [`super::Server::shutdown`]; every core polls it each tick.
     pub shutdown: Arc<AtomicBool>,
     open_connections: AtomicUsize,
+    /// By core: its connections are all closed in the drain. After a core died the main thread
+    /// waits for this rather than for the others' exit, since the rest of their shutdown (their
+    /// goodbyes to every peer) can never finish then.
+    drained: Vec<AtomicBool>,
 }
 
 impl Global {
-    pub fn new() -> Global {
+    pub fn new(cores: usize) -> Global {
         Global {
             shutdown: Arc::new(AtomicBool::new(false)),
             open_connections: AtomicUsize::new(0),
+            drained: (0..cores).map(|_| AtomicBool::new(false)).collect(),
         }
+    }
+
+    pub(super) fn mark_drained(&self, core: usize) {
+        if let Some(flag) = self.drained.get(core) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+
+    pub(super) fn is_drained(&self, core: usize) -> bool {
+        self.drained
+            .get(core)
+            .is_some_and(|flag| flag.load(Ordering::Acquire))
     }
 
     /// Counts a new connection if fewer than `max` are open.
@@ -63,12 +88,6 @@ impl Global {
 
     pub(super) fn close(&self) {
         self.open_connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Default for Global {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -103,6 +122,7 @@ pub struct Shard {
     /// Set when the server starts draining: listeners close, connections stop reading.
     pub draining: Latch,
     pub(super) no_connections: Latch,
+    pub(super) accept_failures: RefCell<AcceptFailures>,
     epoch: Instant,
 }
 
@@ -145,6 +165,7 @@ impl Shard {
             connections: RefCell::new(Slab::new()),
             draining: Latch::default(),
             no_connections: Latch::default(),
+            accept_failures: RefCell::default(),
             epoch: Instant::now(),
             mesh,
             config,

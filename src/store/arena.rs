@@ -15,7 +15,12 @@
 pub const PAGE_SIZE: usize = 1 << 20;
 /// Bytes before the key in a chunk: the [`Header`].
 pub const HEADER: usize = 40;
-const MIN_CHUNK: usize = 64;
+/// Bytes of the smallest chunk.
+pub const MIN_CHUNK: usize = 64;
+/// The largest budget for which every slot number fits in [`Loc::slot`]'s `u32`. The class of
+/// the smallest chunk has the most slots per byte (a page of `PAGE_SIZE` holds
+/// `PAGE_SIZE / MIN_CHUNK`), and a class may come to hold every page the budget allows.
+pub const MAX_BUDGET: usize = (u32::MAX as usize / (PAGE_SIZE / MIN_CHUNK)) * PAGE_SIZE;
 const GROWTH: f64 = 1.25;
 
 /// Offsets of the header's fields (little-endian).
@@ -352,7 +357,7 @@ impl Arena {
     ) -> u32 {
         let class = &mut self.classes[c];
         let slots = class.slots();
-        for _ in 0..2 * slots {
+        for _ in 0..2 * u64::from(slots) {
             let slot = class.hand % slots;
             class.hand = (slot + 1) % slots;
             let chunk = class.chunk_mut(slot);
@@ -507,6 +512,25 @@ mod tests {
         assert_eq!(a.class_for(65), Some(1));
         assert_eq!(a.class_for(LARGEST), Some((sizes.len() - 1) as u8));
         assert_eq!(a.class_for(LARGEST + 100), None);
+    }
+
+    /// At MAX_BUDGET every class, even one holding every page the budget allows, numbers its
+    /// slots within u32; one page more and the smallest class would not.
+    #[test]
+    fn slot_numbers_fit_in_u32_up_to_the_max_budget() {
+        let a = Arena::new(MAX_BUDGET, LARGEST);
+        for c in &a.classes {
+            let most = (MAX_BUDGET / c.page_len()) as u64 * c.per_page as u64;
+            assert!(
+                most <= u64::from(u32::MAX),
+                "chunk {}: {most} slots",
+                c.chunk
+            );
+        }
+        let smallest = &a.classes[0];
+        let over =
+            ((MAX_BUDGET + PAGE_SIZE) / smallest.page_len()) as u64 * smallest.per_page as u64;
+        assert!(over > u64::from(u32::MAX));
     }
 
     #[test]

@@ -47,17 +47,40 @@ pub struct Server {
     /// The memcached listener's address, with `--memcached-listen`.
     pub memcached: Option<SocketAddr>,
     stdout: Receiver<String>,
+    /// Lines of stderr, when [`Server::start_with`] piped it.
+    stderr: Option<Receiver<String>>,
 }
 
 /// What a stopped server left behind.
 pub struct Stopped {
     pub status: ExitStatus,
     pub stdout: String,
+    /// What it wrote on stderr, when [`Server::start_with`] piped it.
+    pub stderr: String,
+}
+
+/// Sends each line `from` gives to the returned channel, from a thread of its own.
+fn lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Server {
     /// Starts `percore --listen 127.0.0.1:0` with `args` and waits until it serves.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_with(args, |_| {})
+    }
+
+    /// [`Server::start`], with the command adjusted by `adjust` first (environment, limits);
+    /// if it pipes stderr, the lines are kept for [`Server::stderr_so_far`] and [`Stopped`].
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_percore"));
         command
             .args(["--listen", "127.0.0.1:0"])
@@ -65,6 +88,7 @@ impl Server {
             .env("PERCORE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        adjust(&mut command);
         // SAFETY: prctl is async-signal-safe. The server dies with the test process even when
         // the test is killed before its Drop can run.
         unsafe {
@@ -74,18 +98,15 @@ impl Server {
             });
         }
         let mut child = command.spawn().expect("percore starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+        let rx = lines(child.stdout.take().expect("stdout is piped"));
+        let stderr = child.stderr.take().map(lines);
+        let first = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let said: Vec<String> = stderr.iter().flat_map(|rx| rx.try_iter()).collect();
+                panic!("percore printed no listening line; stderr: {said:?}")
             }
-        });
-        let first = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("percore prints its listening line");
+        };
         // "percore listening on 127.0.0.1:PORT with N cores (cpus ..)[, shard ports A..=B]"
         let addr = first
             .split_whitespace()
@@ -109,6 +130,51 @@ impl Server {
             shard_ports,
             memcached,
             stdout: rx,
+            stderr,
+        }
+    }
+
+    /// The stderr lines written since the last call (piped by [`Server::start_with`]).
+    pub fn stderr_so_far(&self) -> Vec<String> {
+        self.stderr.iter().flat_map(|rx| rx.try_iter()).collect()
+    }
+
+    /// Waits (at most `timeout`) for the server to exit without being told to.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<Stopped> {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Some(self.collect(status))
+    }
+
+    /// The exit `status` with everything the server printed after its listening line.
+    fn collect(&self, status: ExitStatus) -> Stopped {
+        let mut stdout = String::new();
+        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        let mut stderr = String::new();
+        if let Some(rx) = &self.stderr {
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+        }
+        Stopped {
+            status,
+            stdout,
+            stderr,
         }
     }
 
@@ -137,12 +203,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = String::new();
-        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
-            stdout.push_str(&line);
-            stdout.push('\n');
-        }
-        Stopped { status, stdout }
+        self.collect(status)
     }
 }
 
