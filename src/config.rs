@@ -313,7 +313,7 @@ impl Options {
             owed_budget: pick!(owed_budget, Size(64 << 20)).0.min(usize::MAX as u64) as usize,
             drain_timeout: pick!(drain_timeout, Dur(Duration::from_secs(5))).0,
             backlog: pick!(backlog, 1024),
-            idle_poll: pick!(idle_poll, Dur(crate::runtime::poller::DEFAULT_IDLE_POLL)).0,
+            idle_poll: pick!(idle_poll, Dur(crate::runtime::DEFAULT_IDLE_POLL)).0,
         };
         config.validate()?;
         Ok(config)

@@ -49,28 +49,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, flag.clone())?;
     }
 
-    let cpus = server
-        .cpus
-        .iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    println!(
-        "percore listening on {} with {} cores (cpus {cpus}){}{}",
-        server.addr,
-        server.cpus.len(),
-        match server.shard_ports.first() {
-            Some(base) => format!(
-                ", shard ports {base}..={}",
-                base + server.cpus.len() as u16 - 1
-            ),
-            None => String::new(),
-        },
-        match server.memcached_addr {
-            Some(addr) => format!(", memcached on {addr}"),
-            None => String::new(),
-        }
-    );
+    println!("{}", server.listening());
     tracing::info!(
         memory = config.memory,
         max_connections = config.max_connections,

@@ -133,8 +133,8 @@ pub fn full_mesh<Req: Send + 'static, Rep: Send + 'static>(
 
 impl<Req: Send + 'static, Rep: Send + 'static> MeshEnds<Req, Rep> {
     /// Connects every channel of this core. All cores must call it: each connection completes
-    /// when both of its ends are connected, so they are connected concurrently. Call it after
-    /// [`poller::start`], so that messages are received through the core's poller.
+    /// when both of its ends are connected, so they are connected concurrently. On an executor
+    /// started with an idle-poll window, messages are received through the core's poller.
     pub async fn connect(self) -> Mesh<Req, Rep> {
         let capacity = self.capacity as u64;
         // Without a poller (it could not make its epoll set), receivers wait through glommio.

@@ -9,7 +9,9 @@
 
 pub mod mesh;
 pub mod net;
-pub mod poller;
+mod poller;
+
+pub use poller::DEFAULT_IDLE_POLL;
 
 use std::future::Future;
 use std::time::Duration;
@@ -93,12 +95,17 @@ const BACKGROUND_LATENCY: Duration = Duration::from_millis(1);
 
 impl<T: Send + 'static> Executor<T> {
     /// Starts an executor pinned to `cpu` that runs the future `make()` returns.
-    pub fn start<F, Fut>(cpu: usize, name: &str, make: F) -> Result<Executor<T>, RuntimeError>
+    pub fn start<F, Fut>(
+        cpu: usize,
+        name: &str,
+        idle_poll: Option<Duration>,
+        make: F,
+    ) -> Result<Executor<T>, RuntimeError>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
     {
-        Self::start_watched(cpu, name, || {}, make)
+        Self::start_watched(cpu, name, idle_poll, || {}, make)
     }
 
     /// [`Self::start`], and the thread calls `on_exit` as it ends, however it ends (its future
@@ -107,6 +114,7 @@ impl<T: Send + 'static> Executor<T> {
     pub fn start_watched<F, Fut>(
         cpu: usize,
         name: &str,
+        idle_poll: Option<Duration>,
         on_exit: impl FnOnce() + Send + 'static,
         make: F,
     ) -> Result<Executor<T>, RuntimeError>
@@ -126,6 +134,13 @@ impl<T: Send + 'static> Executor<T> {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                     let executor = builder.make().map_err(|e| runtime_error(cpu, e))?;
                     Ok(executor.run(async move {
+                        // The poller exists before anything that could wait through it.
+                        if let Some(window) = idle_poll {
+                            if let Err(e) = poller::start(window) {
+                                // Sockets and channels then wait through glommio alone.
+                                tracing::error!("CPU {cpu}: cannot make its epoll set: {e}");
+                            }
+                        }
                         glommio::spawn_local(heartbeat()).detach();
                         make().await
                     }))
@@ -230,9 +245,4 @@ pub async fn sleep(duration: Duration) {
 /// Yields to other tasks if the scheduler wants this one to give up the core.
 pub async fn yield_if_needed() {
     glommio::yield_if_needed().await
-}
-
-/// Unconditionally lets other ready tasks run before this one continues.
-pub async fn yield_now() {
-    glommio::executor().yield_now().await
 }

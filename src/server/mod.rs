@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod compute;
 pub mod connection;
+pub mod listening;
 pub mod mailbox;
 pub mod message;
 mod notify;
@@ -149,7 +150,10 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             // The main thread may have returned already; then nobody needs to know.
             let _ = exited.send(CoreEvent::Exited(index));
         };
-        let started = Executor::start_watched(cpu, &name, on_exit, move || run::run(setup));
+        let started =
+            Executor::start_watched(cpu, &name, Some(config.idle_poll), on_exit, move || {
+                run::run(setup)
+            });
         match started {
             Ok(executor) => executors.push(Some(executor)),
             Err(e) => {
@@ -189,6 +193,16 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
 }
 
 impl Server {
+    /// Where this server listens, as the binary announces it.
+    pub fn listening(&self) -> listening::Listening {
+        listening::Listening {
+            addr: self.addr,
+            cpus: self.cpus.clone(),
+            shard_ports: self.shard_ports.clone(),
+            memcached: self.memcached_addr,
+        }
+    }
+
     /// Asks every core to drain and stop (what SIGINT and SIGTERM do).
     pub fn shutdown(&self) {
         self.global.shutdown.store(true, Ordering::Release);

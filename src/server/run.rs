@@ -43,10 +43,6 @@ pub struct ShardSetup {
 /// Runs one core's server until shutdown has been drained; returns its report.
 pub async fn run(setup: ShardSetup) -> ShardReport {
     let config = setup.config;
-    if let Err(e) = runtime::poller::start(config.idle_poll) {
-        // Every connection would fail the same way; say why once.
-        tracing::error!("core {}: cannot make its epoll set: {e}", setup.index);
-    }
     let mesh = setup.mesh.connect().await;
     let shard = Rc::new(Shard::new(
         setup.index,

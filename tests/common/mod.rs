@@ -107,23 +107,10 @@ impl Server {
                 panic!("percore printed no listening line; stderr: {said:?}")
             }
         };
-        // "percore listening on 127.0.0.1:PORT with N cores (cpus ..)[, shard ports A..=B]"
-        let addr = first
-            .split_whitespace()
-            .nth(3)
-            .and_then(|a| a.parse().ok())
+        let listening = percore::server::listening::Listening::parse(&first)
             .unwrap_or_else(|| panic!("unexpected first line: {first}"));
-        let shard_ports = match first.split_once("shard ports ") {
-            Some((_, range)) => {
-                let range = range.split(',').next().unwrap_or(range);
-                let (a, b) = range.split_once("..=").expect("a port range");
-                (a.parse().unwrap()..=b.parse().unwrap()).collect()
-            }
-            None => Vec::new(),
-        };
-        let memcached = first
-            .split_once("memcached on ")
-            .map(|(_, addr)| addr.trim().parse().expect("a memcached address"));
+        let (addr, shard_ports, memcached) =
+            (listening.addr, listening.shard_ports, listening.memcached);
         Server {
             child: Some(child),
             addr,

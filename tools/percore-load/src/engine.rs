@@ -58,7 +58,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
             tx.clone(),
             dropped.clone(),
         );
-        let started = Executor::start(cpu, &format!("percore-load-{core}"), move || {
+        let idle_poll = Some(plan.idle_poll);
+        let started = Executor::start(cpu, &format!("percore-load-{core}"), idle_poll, move || {
             core_main(
                 core,
                 core_plan,
@@ -136,7 +137,6 @@ async fn core_main(
     tx: SyncSender<Tick>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Recorder> {
-    percore::runtime::poller::start(plan.idle_poll)?;
     let cores = plan.cpus.len();
     let plan = Rc::new(plan);
     let ctx = Rc::new(CoreCtx::new(plan.clone(), core));

@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
     let mut executors = Vec::new();
     for (&cpu, socket) in cpus.iter().zip(sockets) {
         let verbatim = args.verbatim;
-        let executor = Executor::start(cpu, "peer-echo", move || async move {
+        let executor = Executor::start(cpu, "peer-echo", None, move || async move {
             let listener = Listener::adopt(socket);
             loop {
                 match listener.accept().await {

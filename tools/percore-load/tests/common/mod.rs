@@ -79,19 +79,9 @@ impl Server {
                 panic!("percore did not print its listening line");
             }
         };
-        // "percore listening on 127.0.0.1:PORT with N cores (cpus ..)[, shard ports A..=B]"
-        let addr = first
-            .split_whitespace()
-            .nth(3)
-            .and_then(|a| a.parse().ok())
+        let listening = percore::server::listening::Listening::parse(&first)
             .unwrap_or_else(|| panic!("unexpected first line: {first}"));
-        let shard_ports = match first.split_once("shard ports ") {
-            Some((_, range)) => {
-                let (a, b) = range.split_once("..=").expect("a port range");
-                (a.parse().unwrap()..=b.parse().unwrap()).collect()
-            }
-            None => Vec::new(),
-        };
+        let (addr, shard_ports) = (listening.addr, listening.shard_ports);
         Server {
             child,
             addr,
@@ -184,9 +174,8 @@ impl TextServer {
                 stdout.read_line(&mut first).expect("the listening line");
                 // Keep draining so the server never blocks on a full pipe.
                 std::thread::spawn(move || for _ in stdout.lines().map_while(Result::ok) {});
-                let addr = first
-                    .split_once("memcached on ")
-                    .and_then(|(_, a)| a.trim().parse().ok())
+                let addr = percore::server::listening::Listening::parse(&first)
+                    .and_then(|l| l.memcached)
                     .unwrap_or_else(|| panic!("no memcached address in: {first}"));
                 TextServer { child, addr }
             }
