@@ -35,25 +35,6 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Lets this process open `needed` more sockets than it has now (the soft limit may be 1024).
-fn raise_nofile(needed: u64) {
-    // SAFETY: getrlimit/setrlimit on a valid, owned struct.
-    unsafe {
-        let mut limit = std::mem::zeroed::<libc::rlimit>();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < needed + 256 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        assert!(
-            limit.rlim_cur >= needed + 64,
-            "RLIMIT_NOFILE {} is too low for {needed} sockets",
-            limit.rlim_cur
-        );
-    }
-}
-
 fn sum(stats: &[ShardStats], field: impl Fn(&ShardStats) -> u64) -> u64 {
     stats.iter().map(field).sum()
 }
@@ -68,16 +49,6 @@ fn poll_until(timeout: Duration, mut check: impl FnMut() -> Result<(), String>) 
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-}
-
-/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-fn proc_status_kib(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// CPU time (user + system) the process has used.

@@ -222,25 +222,7 @@ fn a_flood_of_stats_shares_gathers_and_leaves_forwarded_gets_their_permits() {
 
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
-/// Lets this process open `needed` more sockets (the soft limit may be 1024).
-fn raise_nofile(needed: u64) {
-    // SAFETY: getrlimit/setrlimit on a valid, owned struct.
-    unsafe {
-        let mut limit = std::mem::zeroed::<libc::rlimit>();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < needed + 256 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    common::proc_status_kib(pid, "VmRSS")
 }
 
 /// Hundreds of clients that each pipeline Gets of 1 MiB values and never read cannot make a
@@ -253,7 +235,7 @@ fn clients_that_never_read_are_held_to_the_cores_owed_budget() {
     const CLIENTS: usize = 300;
     const GETS: usize = 60;
     const BUDGET_MIB: u64 = 32;
-    raise_nofile(CLIENTS as u64 + 64);
+    common::raise_nofile(CLIENTS as u64 + 64);
     let cores = common::test_cores();
     let budget = format!("{BUDGET_MIB}MiB");
     let server = Server::start(&[

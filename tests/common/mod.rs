@@ -176,22 +176,40 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit (at most `timeout`), returning the exit status and
     /// everything printed on stdout after the listening line.
-    pub fn stop(mut self, timeout: Duration) -> Stopped {
+    pub fn stop(self, timeout: Duration) -> Stopped {
         self.signal(libc::SIGTERM);
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("percore did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.collect(status)
+        self.wait_exit(timeout)
+            .unwrap_or_else(|| panic!("percore did not exit within {timeout:?} of SIGTERM"))
     }
+}
+
+/// Lets this process open `needed` more sockets than it has now (the soft limit may be 1024).
+pub fn raise_nofile(needed: u64) {
+    // SAFETY: getrlimit/setrlimit on a valid, owned struct.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < needed + 256 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        assert!(
+            limit.rlim_cur >= needed + 64,
+            "RLIMIT_NOFILE {} is too low for {needed} sockets",
+            limit.rlim_cur
+        );
+    }
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 impl Drop for Server {
