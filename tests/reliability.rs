@@ -79,18 +79,36 @@ fn a_client_streaming_frames_back_to_back_outlives_the_frame_timeout() {
 #[test]
 fn a_reader_that_drains_a_trickle_is_closed_as_a_slow_reader() {
     let _serial = serial();
-    let server = Server::start(&["--cores", "1", "--frame-timeout", "1s"]);
+    // Two cores, the reader on core 0 and the key on core 1: the replies come back from the
+    // other core into the connection's mailbox whatever the socket takes, so the server holds
+    // megabytes for this client (with one core it holds one reply at a time, and the kernel's
+    // buffers may take all but a few hundred KiB of it).
+    let cores = common::test_cores();
+    let base = common::free_port_run(cores as u16);
+    let server = Server::start(&[
+        "--cores",
+        &cores.to_string(),
+        "--shard-ports",
+        &base.to_string(),
+        "--frame-timeout",
+        "1s",
+    ]);
+    let key = (0..)
+        .map(|i| format!("big-{i}").into_bytes())
+        .find(|k| percore::protocol::shard::owner_of(k, cores) == cores - 1)
+        .unwrap();
     let mut setter = Wire::connect(server.addr);
     let value = vec![b'v'; 1 << 20];
-    setter.set(b"big", &value);
-    // A small receive buffer, set before connecting (no autotuning), so that the kernel cannot
-    // take the 16 MiB of replies off the server: its receive buffer may grow to tens of MiB.
+    setter.set(&key, &value);
+    // A small receive buffer, set before connecting (no autotuning), so that the kernel takes
+    // little of the 16 MiB of replies off the server.
+    let core0 = std::net::SocketAddr::from(([127, 0, 0, 1], server.shard_ports[0]));
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(64 << 10).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
+    socket.connect(&core0.into()).unwrap();
     let mut reader = Wire { s: socket.into() };
     let gets: Vec<u8> = (0..16u64)
-        .flat_map(|i| frame(i, &Op::Get { key: b"big" }))
+        .flat_map(|i| frame(i, &Op::Get { key: &key }))
         .collect();
     reader.send(&gets);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
