@@ -8,7 +8,7 @@ use crate::memcache::command::{Command, Key, MetaFlags, MetaKind, Retrieval, Sto
 use crate::memcache::reply::{self, ItemInfo};
 use crate::memcache::{ttl_of_exptime, Error};
 use crate::protocol::OpKind;
-use crate::store::{Arith, Counted, Deleted, Found, Mode, Store, Stored, Ttl, Write};
+use crate::store::{Arith, Counted, Deleted, Mode, Store, Stored, Ttl, Write};
 
 /// The clocks a command reads: the store's, and Unix time for absolute exptimes.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +39,9 @@ pub fn kind(command: &Command<'_>) -> OpKind {
     }
 }
 
-fn ttl_s(found: &Found<'_>) -> i64 {
-    found.ttl_ms.map_or(-1, |ms| ms.div_ceil(1000) as i64)
+/// Seconds to live as meta replies give them: -1 for forever.
+fn ttl_s(ttl_ms: Option<u64>) -> i64 {
+    ttl_ms.map_or(-1, |ms| ms.div_ceil(1000) as i64)
 }
 
 fn error(out: &mut BytesMut, e: Error) {
@@ -229,37 +230,48 @@ fn meta(
             if let Some(ttl) = touch {
                 store.touch(hash, k, ttl, now.ms);
             }
-            let mut won = false;
-            if store.get(hash, k, now.ms).is_none() {
-                let Some(ttl) = vivify else {
-                    if !quiet {
-                        failure(out, b"EN");
-                    }
-                    return Ok(());
+            let (code, value): (&[u8], bool) = if flags.has(b'v') {
+                (b"VA", true)
+            } else {
+                (b"HD", false)
+            };
+            // One lookup: a second would count a second hit and see the first one's fetch.
+            if let Some(found) = store.get(hash, k, now.ms) {
+                let item = ItemInfo {
+                    cas: found.cas,
+                    client_flags: found.client_flags,
+                    ttl_s: ttl_s(found.ttl_ms),
+                    size: found.value.len(),
+                    fetched_before: found.fetched_before,
+                    idle_s: found.idle_s,
+                    won: false,
                 };
-                // Vivify: an empty item now exists, and this client is the one to fill it.
-                let _ = store.write(hash, &Write::set(k, b"", ttl), now.ms);
-                won = true;
+                let value = value.then_some(found.value);
+                reply::meta(out, code, key, flags, reply::MG_RETURNS, &item, value);
+                return Ok(());
             }
-            let Some(found) = store.get(hash, k, now.ms) else {
+            let Some(ttl) = vivify else {
+                if !quiet {
+                    failure(out, b"EN");
+                }
+                return Ok(());
+            };
+            // Vivify: an empty item now exists, and this client is the one to fill it.
+            let Ok(Stored::Stored { cas }) = store.write(hash, &Write::set(k, b"", ttl), now.ms)
+            else {
                 failure(out, b"EN");
                 return Ok(());
             };
             let item = ItemInfo {
-                cas: found.cas,
-                client_flags: found.client_flags,
-                ttl_s: ttl_s(&found),
-                size: found.value.len(),
-                // This lookup's own get above counts; what the client asks is the one before.
-                fetched_before: found.fetched_before && !won,
-                idle_s: found.idle_s,
-                won,
+                cas,
+                ttl_s: ttl_s(match ttl {
+                    Ttl::In(ms) => Some(ms),
+                    _ => None,
+                }),
+                won: true,
+                ..ItemInfo::default()
             };
-            let (code, value): (&[u8], _) = if flags.has(b'v') {
-                (b"VA", Some(found.value))
-            } else {
-                (b"HD", None)
-            };
+            let value = value.then_some(&b""[..]);
             reply::meta(out, code, key, flags, reply::MG_RETURNS, &item, value);
         }
         MetaKind::Set => {
@@ -336,13 +348,12 @@ fn meta(
                 ttl: meta_ttl(flags, b'T', now)?.unwrap_or(Ttl::Keep),
             };
             match store.arith(hash, k, &a, now.ms) {
-                Ok(Counted::Value { value, cas }) => {
+                Ok(Counted::Value { value, cas, ttl_ms }) => {
                     let mut digits = itoa::Buffer::new();
                     let text = digits.format(value).as_bytes();
-                    let ttl = store.get(hash, k, now.ms).map_or(-1, |f| ttl_s(&f));
                     let item = ItemInfo {
                         cas,
-                        ttl_s: ttl,
+                        ttl_s: ttl_s(ttl_ms),
                         size: text.len(),
                         ..ItemInfo::default()
                     };
@@ -368,7 +379,7 @@ fn meta(
                 let _ = write!(
                     out,
                     " exp={} la={} cas={} fetch={} cls=1 size={}\r\n",
-                    ttl_s(&found),
+                    ttl_s(found.ttl_ms),
                     found.idle_s,
                     found.cas,
                     if found.fetched_before { "yes" } else { "no" },
@@ -479,6 +490,21 @@ mod tests {
             run(&mut s, b"get a\r\n", 100_000),
             "VALUE a 0 1\r\n1\r\nEND\r\n"
         );
+    }
+
+    #[test]
+    fn meta_get_looks_up_once() {
+        let mut s = Store::new(4 << 20);
+        assert_eq!(
+            run(
+                &mut s,
+                b"ms x 1\r\na\r\nmg x h\r\nmg x h\r\nma n N0 J3 t\r\n",
+                0
+            ),
+            "HD\r\nHD h0\r\nHD h1\r\nHD t-1\r\n"
+        );
+        // Two mg, two hits; ma counts none.
+        assert_eq!(s.stats().hits, 2);
     }
 
     #[test]

@@ -157,9 +157,11 @@ pub enum Deleted {
 /// The result of `incr`/`decr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
+    /// The new value, its CAS unique, and its remaining time to live (`None` = forever).
     Value {
         value: u64,
         cas: u64,
+        ttl_ms: Option<u64>,
     },
     NotFound,
     /// The value is not a decimal number of at most 20 digits.
@@ -575,7 +577,7 @@ impl Store {
             let Some((initial, ttl)) = a.vivify else {
                 return Ok(Counted::NotFound);
             };
-            return self.store_number(hash, key, initial, ttl, 0, a.new_cas, now_ms);
+            return self.store_number(hash, key, initial, (ttl, 0), 0, a.new_cas, now_ms);
         };
         let header = self.arena.header(loc);
         if a.compare_cas.is_some_and(|c| c != header.cas) {
@@ -593,7 +595,7 @@ impl Store {
             hash,
             key,
             value,
-            a.ttl,
+            (a.ttl, header.expires_at_ms),
             header.client_flags,
             a.new_cas,
             now_ms,
@@ -606,7 +608,7 @@ impl Store {
         hash: u64,
         key: &[u8],
         value: u64,
-        ttl: Ttl,
+        (ttl, kept_expiry): (Ttl, u64),
         client_flags: u32,
         new_cas: Option<u64>,
         now_ms: u64,
@@ -622,8 +624,13 @@ impl Store {
             compare_cas: None,
             new_cas,
         };
+        let ttl_ms = match Self::expiry(now_ms, ttl, kept_expiry) {
+            _ if ttl == Ttl::Expired => Some(0),
+            0 => None,
+            at => Some(at.saturating_sub(now_ms)),
+        };
         match self.write(hash, &w, now_ms)? {
-            Stored::Stored { cas } => Ok(Counted::Value { value, cas }),
+            Stored::Stored { cas } => Ok(Counted::Value { value, cas, ttl_ms }),
             _ => Ok(Counted::NotFound),
         }
     }
