@@ -69,8 +69,9 @@ pub struct Completion {
 /// What became of a reply handed to a mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
-    /// It waits for the connection's task, which has been woken.
-    Taken,
+    /// It waits for the connection's task, which has been woken; `at` is when (the clock is
+    /// read once, for the idle timer and the reply's service time).
+    Taken { at: Instant },
     /// The connection is gone; nobody will read it.
     Ended,
     /// It would have made the connection owe more than [`OWED_HARD_CAP`]: the connection is
@@ -176,7 +177,7 @@ impl ConnShared {
         self.recount();
         self.completed.set(self.completed.get() + 1);
         self.wake.notify();
-        Delivered::Taken
+        Delivered::Taken { at: now }
     }
 
     /// Sets the bytes of the connection's output not yet written.

@@ -185,8 +185,8 @@ impl Shard {
     /// Hands a reply finished away from its connection to the connection's mailbox, gives its
     /// buffer back to the pool, and records its service time.
     pub fn complete(&self, conn: &ConnShared, completion: Completion) {
-        if conn.deliver(&self.io_buffers, &completion) == Delivered::Taken {
-            let elapsed = completion.started.elapsed();
+        if let Delivered::Taken { at } = conn.deliver(&self.io_buffers, &completion) {
+            let elapsed = at.saturating_duration_since(completion.started);
             self.metrics.borrow_mut().record(completion.kind, elapsed);
         }
         self.pool.give(completion.frame);

@@ -82,20 +82,25 @@ impl State {
         }
     }
 
-    /// Discards what is left of a refused data block, or answers a command that is not one.
-    /// `None` when the front of `input` is a command to run.
-    fn skip_or_reject(&mut self, ctx: &mut Ctx<'_>, input: &[u8]) -> Option<Step> {
+    /// The command at the front of `input` and its length, parsed once; or the step taken
+    /// instead: discarding what is left of a refused data block, or answering a command that
+    /// is not one.
+    fn next<'a>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        input: &'a [u8],
+    ) -> Result<(Command<'a>, usize), Step> {
         if self.discard > 0 {
             let n = self.discard.min(input.len());
             self.discard -= n;
-            return Some(Step::Discarded(n));
+            return Err(Step::Discarded(n));
         }
         match command::parse(input) {
-            Parsed::Command { .. } => None,
-            Parsed::Incomplete { .. } => Some(Step::Paused),
+            Parsed::Command { command, len } => Ok((command, len)),
+            Parsed::Incomplete { .. } => Err(Step::Paused),
             Parsed::LineTooLong => {
                 error(ctx, Error::LineTooLong);
-                Some(Step::Close)
+                Err(Step::Close)
             }
             Parsed::Invalid {
                 error: e,
@@ -110,7 +115,7 @@ impl State {
                 let n = skip.min(input.len());
                 self.discard = skip - n;
                 // What is left to discard is the rest of this request, still arriving.
-                Some(if self.discard > 0 {
+                Err(if self.discard > 0 {
                     Step::Discarded(n)
                 } else {
                     Step::Consumed(n)
@@ -120,11 +125,9 @@ impl State {
     }
 
     pub fn route(&mut self, ctx: &mut Ctx<'_>, input: &[u8]) -> Step {
-        if let Some(step) = self.skip_or_reject(ctx, input) {
-            return step;
-        }
-        let Parsed::Command { command, len } = command::parse(input) else {
-            return Step::Paused;
+        let (command, len) = match self.next(ctx, input) {
+            Ok(next) => next,
+            Err(step) => return step,
         };
         let text = &input[..len];
         let shard = ctx.shard;
@@ -355,11 +358,9 @@ impl State {
 
     /// Answers a command read after the drain began without running it.
     pub fn refuse(&mut self, ctx: &mut Ctx<'_>, input: &[u8]) -> Step {
-        if let Some(step) = self.skip_or_reject(ctx, input) {
-            return step;
-        }
-        let Parsed::Command { command, len } = command::parse(input) else {
-            return Step::Paused;
+        let (command, len) = match self.next(ctx, input) {
+            Ok(next) => next,
+            Err(step) => return step,
         };
         let kind = ops::memcache::kind(&command);
         ctx.shard.metrics.borrow_mut().requests[kind.index()] += 1;
