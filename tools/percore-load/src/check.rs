@@ -41,6 +41,8 @@ pub struct Pending {
     pub len: usize,
     /// Set: where the value's content starts in the pool.
     pub content: usize,
+    /// The slot's socket it was written to.
+    pub link: usize,
 }
 
 /// The last acknowledged write of one key (--verify-keys): enough to write its value again.

@@ -13,6 +13,7 @@ use percore::config::{CoreSpec, Dur};
 use percore::protocol::{Algo, MAX_COMPUTE_ROUNDS, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 use crate::codec::ProtocolKind;
+use crate::fleet::Distribute;
 use crate::workload::{min_key_size, KeyDist, LoadOp, Mix, ValueSize, CHECKSUM_LEN};
 
 /// Most keys in one get command: a line of 250-byte keys then stays within 64 KiB.
@@ -134,6 +135,14 @@ pub struct Args {
     #[arg(long)]
     pub shard_aware: bool,
 
+    /// Treat the --target hosts as one fleet: every connection reaches every host and sends
+    /// each key to the host that owns it by consistent hashing (ketama: md5, 160 points per
+    /// host named by its address, as twemproxy and memcached clients place keys), and with the
+    /// percore protocol on to the core that owns it (Hello, --shard-ports); reports per host
+    /// what it was sent
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub distribute: Option<Distribute>,
+
     /// Wire protocol: percore, or memcached (text protocol: get, set, delete, --multiget)
     #[arg(long, value_enum, default_value_t = ProtocolKind::Percore)]
     pub protocol: ProtocolKind,
@@ -220,6 +229,7 @@ pub struct Plan {
     pub prefill: bool,
     pub verify_keys: bool,
     pub shard_aware: bool,
+    pub distribute: Option<Distribute>,
     pub protocol: ProtocolKind,
     pub compute_algo: Algo,
     pub compute_rounds: u32,
@@ -333,6 +343,14 @@ impl Plan {
                 bail!("--shard-aware needs the percore protocol (Hello)");
             }
         }
+        if args.distribute.is_some() {
+            if args.shard_aware {
+                bail!("--distribute routes to each host's cores itself: drop --shard-aware");
+            }
+            if args.multiget > 1 {
+                bail!("--distribute sends each key to its own host: --multiget must be 1");
+            }
+        }
         if args.timeout.0.is_zero() {
             bail!("--timeout must be more than 0");
         }
@@ -355,6 +373,7 @@ impl Plan {
             prefill: args.prefill,
             verify_keys: args.verify_keys,
             shard_aware: args.shard_aware,
+            distribute: args.distribute,
             protocol: args.protocol,
             compute_algo: match args.compute_algo {
                 AlgoArg::Crc32c => Algo::Crc32c,
@@ -400,6 +419,9 @@ impl Plan {
         }
         if self.verify_keys {
             line += ", verify-keys";
+        }
+        if let Some(kind) = self.distribute {
+            line += &format!(", distributed ({kind:?})").to_lowercase();
         }
         line
     }
@@ -513,5 +535,38 @@ mod tests {
         .unwrap();
         assert_eq!(p.mix.ops(), vec![LoadOp::Get, LoadOp::Set]);
         assert_eq!(p.rate, Some(100));
+    }
+
+    #[test]
+    fn distribute_checks() {
+        let p = plan(&["--distribute", "ketama", "--workload", "get"]).unwrap();
+        assert_eq!(p.distribute, Some(Distribute::Ketama));
+        assert!(
+            p.describe().contains("distributed (ketama)"),
+            "{}",
+            p.describe()
+        );
+        assert!(plan(&["--distribute", "ketama", "--shard-aware"]).is_err());
+        assert!(plan(&["--distribute", "rendezvous"]).is_err());
+        assert!(plan(&[
+            "--distribute",
+            "ketama",
+            "--protocol",
+            "memcached",
+            "--workload",
+            "get",
+            "--multiget",
+            "4"
+        ])
+        .is_err());
+        assert!(plan(&[
+            "--distribute",
+            "ketama",
+            "--protocol",
+            "memcached",
+            "--workload",
+            "get"
+        ])
+        .is_ok());
     }
 }
