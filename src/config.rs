@@ -11,6 +11,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+pub use crate::allow::AllowList;
+
 /// A size in bytes, written `65536`, `64KiB`, `256MiB`, `1GiB` (or `64MB` for powers of ten).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
@@ -158,7 +160,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Size, Dur, CoreSpec);
+deserialize_from_str!(Size, Dur, CoreSpec, AllowList);
 
 /// percore: a thread-per-core key-value and RPC server.
 ///
@@ -216,6 +218,13 @@ pub struct Options {
     #[arg(long, value_name = "ADDR")]
     pub memcached_listen: Option<SocketAddr>,
 
+    /// Client networks accepted on every listener, by commas: 10.0.0.0/8,192.168.1.7,fd00::/8.
+    /// A connection from anywhere else is closed at accept. The list is exact: include
+    /// 127.0.0.0/8 to keep loopback. Neither protocol authenticates or encrypts: keep a fleet on
+    /// a private network [default: loopback only, 127.0.0.0/8,::1]
+    #[arg(long, value_name = "CIDR[,CIDR...]")]
+    pub allow: Option<AllowList>,
+
     /// Core i also listens alone on port BASE+i, for shard-aware clients [default: off]
     #[arg(long, value_name = "BASE")]
     pub shard_ports: Option<u16>,
@@ -256,6 +265,7 @@ pub struct Options {
 pub struct Config {
     pub listen: SocketAddr,
     pub memcached_listen: Option<SocketAddr>,
+    pub allow: AllowList,
     pub cpus: Vec<usize>,
     pub memory: u64,
     pub max_connections: usize,
@@ -301,6 +311,7 @@ impl Options {
         let config = Config {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7070))),
             memcached_listen: self.memcached_listen.or(file.memcached_listen),
+            allow: self.allow.or(file.allow).unwrap_or_default(),
             cpus,
             memory: pick!(memory, Size(256 << 20)).0,
             max_connections: pick!(max_connections, 10_000),
@@ -506,6 +517,7 @@ mod tests {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             memcached_listen: None,
+            allow: AllowList::loopback(),
             cpus: (0..cores).collect(),
             memory: 256 << 20,
             max_connections: 10_000,
@@ -610,5 +622,11 @@ mod tests {
         assert_eq!(file.max_inflight, Some(7));
         assert_eq!(file.memory, Some(Size(64 << 20)));
         assert!(toml::from_str::<Options>("no-such-key = 1").is_err());
+        let file: Options = toml::from_str("allow = \"10.0.0.0/8, ::1\"").unwrap();
+        assert_eq!(
+            file.allow.map(|a| a.to_string()).as_deref(),
+            Some("10.0.0.0/8,::1/128")
+        );
+        assert!(toml::from_str::<Options>("allow = \"10.0.0.0/99\"").is_err());
     }
 }

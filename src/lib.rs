@@ -19,8 +19,10 @@
 //! - [`ops`]: what each operation does; [`store`]: one core's shard of the cache.
 //! - [`metrics`]: per-core counters and latency histograms, and the exit report.
 //! - [`client`]: an async client with pipelining, used by the tests and `percore-load`.
-//! - [`config`]: command line and config file; [`error`]: request errors and their statuses.
+//! - [`config`]: command line and config file, with [`allow`], the client networks admitted;
+//!   [`error`]: request errors and their statuses.
 
+pub mod allow;
 pub mod client;
 pub mod config;
 pub mod error;

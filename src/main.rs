@@ -49,7 +49,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, flag.clone())?;
     }
 
-    println!("{}", server.listening());
+    print_stdout(format_args!("{}\n", server.listening()));
     tracing::info!(
         memory = config.memory,
         max_connections = config.max_connections,
@@ -58,6 +58,16 @@ fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let report = server.wait()?;
-    print!("{report}");
+    print_stdout(&report);
     Ok(())
+}
+
+/// Writes to stdout. When the reader has gone (`percore | head -1`) the text is lost but not
+/// the server: it goes on serving, and still drains and exits cleanly.
+fn print_stdout(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = write!(out, "{text}").and_then(|()| out.flush()) {
+        tracing::warn!("cannot write to stdout: {e}");
+    }
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Connections closed at accept because their peer is outside `--allow`.
+    pub connections_disallowed: u64,
     /// Accepts that failed (EMFILE, ENFILE: out of file descriptors), each followed by a wait.
     pub accept_errors: u64,
     /// Requests this core read from its connections, by operation.
@@ -49,6 +51,7 @@ impl Metrics {
             connections_open: 0,
             connections_accepted: 0,
             connections_refused: 0,
+            connections_disallowed: 0,
             accept_errors: 0,
             requests: [0; OpKind::COUNT],
             rejected: 0,
@@ -202,7 +205,8 @@ impl fmt::Display for ExitReport {
             let m = &s.metrics;
             writeln!(
                 f,
-                "core {:>3} (cpu {:>3}): requests {} connections {} refused {} accept_errors {} \
+                "core {:>3} (cpu {:>3}): requests {} connections {} refused {} disallowed {} \
+                 accept_errors {} \
                  forwarded {} rejected {} unanswered {} items {} bytes {} reserved {} hits {} \
                  misses {} expirations {} evictions {} gathers {}",
                 m.shard,
@@ -210,6 +214,7 @@ impl fmt::Display for ExitReport {
                 m.requests.iter().sum::<u64>(),
                 m.connections_accepted,
                 m.connections_refused,
+                m.connections_disallowed,
                 m.accept_errors,
                 m.forwarded,
                 m.rejected,

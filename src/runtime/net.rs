@@ -160,6 +160,11 @@ impl Conn {
         self.stream.local_addr().map_err(io::Error::from)
     }
 
+    /// The address of the other end.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.peer_addr().map_err(io::Error::from)
+    }
+
     /// Reads what the socket has into the spare capacity of `buf` (reserving `min_spare` bytes
     /// first), waiting until at least one byte arrives. Returns 0 at end of stream.
     pub async fn read_into(&mut self, buf: &mut BytesMut, min_spare: usize) -> io::Result<usize> {

@@ -87,8 +87,32 @@ fn stopped(
     anyhow!("core {index} (CPU {cpu}) stopped{when}: {reason}")
 }
 
+/// Warns of each listener bound beyond loopback while `--allow` admits only loopback clients:
+/// every remote client it was bound for would be refused at accept.
+fn warn_if_unreachable(config: &Config) {
+    if config.allow.reaches_beyond_loopback() {
+        return;
+    }
+    let listeners = [
+        ("--listen", Some(config.listen)),
+        ("--memcached-listen", config.memcached_listen),
+    ];
+    for (flag, addr) in listeners {
+        if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                "{flag} {addr} is reachable beyond this host, but --allow admits only loopback \
+                 clients ({}): others are refused at accept. List the client networks with \
+                 --allow CIDR[,CIDR...]; neither protocol authenticates or encrypts, so keep \
+                 them private",
+                config.allow
+            );
+        }
+    }
+}
+
 /// Starts one pinned executor per configured CPU and returns once every core is serving.
 pub fn start(config: Config) -> anyhow::Result<Server> {
+    warn_if_unreachable(&config);
     let shards = config.shard_count();
     let backlog = config.backlog as i32;
     let mut groups = runtime::net::reuseport_group(config.listen, shards, backlog)

@@ -222,6 +222,8 @@ enum Admitted {
     Served,
     /// Closed: `--max-connections` are open.
     Refused,
+    /// Closed: the peer is outside `--allow` (or gone before its address could be read).
+    Disallowed,
     /// Closed before anything was read: the drain has begun.
     Draining,
 }
@@ -237,6 +239,11 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
     if shard.draining.is_set() {
         drop(conn);
         return Admitted::Draining;
+    }
+    if !allowed(shard, &conn) {
+        shard.metrics.borrow_mut().connections_disallowed += 1;
+        drop(conn);
+        return Admitted::Disallowed;
     }
     if !shard.global.try_open(shard.config.max_connections) {
         shard.metrics.borrow_mut().connections_refused += 1;
@@ -267,25 +274,51 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
     Admitted::Served
 }
 
+/// Whether the connection's peer is inside `--allow`; logs one that is not, at most once a
+/// second per core with how many there were since the last line.
+fn allowed(shard: &Shard, conn: &Conn) -> bool {
+    let peer = match conn.peer_addr() {
+        Ok(peer) => peer,
+        // ENOTCONN: it reset before we looked, and has nothing left to serve.
+        Err(e) => {
+            tracing::debug!("peer address of an accepted connection: {e}");
+            return false;
+        }
+    };
+    if shard.config.allow.admits(peer.ip()) {
+        return true;
+    }
+    let due = shard
+        .disallowed
+        .borrow_mut()
+        .note(Instant::now(), ACCEPT_LOG_EVERY);
+    if let Some(refused) = due {
+        tracing::warn!(
+            core = shard.index,
+            %peer,
+            refused,
+            allow = %shard.config.allow,
+            "connection refused: its address is outside --allow (refused since this core's \
+             last such line)"
+        );
+    }
+    false
+}
+
 /// Logs a failed accept, unless this core logged one less than [`ACCEPT_LOG_EVERY`] ago: then
 /// it is only counted, and the next line says how many there were.
 fn log_accept_failure(shard: &Shard, e: &std::io::Error) {
-    let now = Instant::now();
-    let mut failures = shard.accept_failures.borrow_mut();
-    failures.unlogged += 1;
-    if failures
-        .logged_at
-        .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_LOG_EVERY)
-    {
-        return;
+    let due = shard
+        .accept_failures
+        .borrow_mut()
+        .note(Instant::now(), ACCEPT_LOG_EVERY);
+    if let Some(failures) = due {
+        tracing::warn!(
+            core = shard.index,
+            failures,
+            "accept failed: {e}; backing off (failures since this core's last such line)"
+        );
     }
-    tracing::warn!(
-        core = shard.index,
-        failures = failures.unlogged,
-        "accept failed: {e}; backing off (failures since this core's last such line)"
-    );
-    failures.logged_at = Some(now);
-    failures.unlogged = 0;
 }
 
 /// Runs queued jobs one at a time until the queue is closed and empty.

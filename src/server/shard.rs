@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -37,12 +37,28 @@ const IO_BUFFER_KEPT: usize = 256 << 10;
 /// Idle connection buffers a core keeps for reuse (at most 4 MiB of 16 KiB ones).
 const IO_BUFFERS_KEPT: usize = 256;
 
-/// Failed accepts a core has not logged yet, and when it last did (it logs them at most once a
-/// second).
+/// Events of one kind that a core logs at most once per `every` (a client can cause them as
+/// fast as it can connect): how many there were since the last line, and when that was.
 #[derive(Default)]
-pub struct AcceptFailures {
-    pub logged_at: Option<Instant>,
-    pub unlogged: u64,
+pub struct LogThrottle {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogThrottle {
+    /// Counts an event at `now`. Returns how many events the line logged now should report
+    /// (this one and those since the last line), or `None` while the last line is recent.
+    pub fn note(&mut self, now: Instant, every: Duration) -> Option<u64> {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| now.saturating_duration_since(at) < every)
+        {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// State shared by all cores. Touched at accept, at close and once per tick; never per request.
@@ -122,7 +138,9 @@ pub struct Shard {
     /// Set when the server starts draining: listeners close, connections stop reading.
     pub draining: Latch,
     pub(super) no_connections: Latch,
-    pub(super) accept_failures: RefCell<AcceptFailures>,
+    /// Failed accepts, and connections refused by `--allow`, each logged at most once a second.
+    pub(super) accept_failures: RefCell<LogThrottle>,
+    pub(super) disallowed: RefCell<LogThrottle>,
     epoch: Instant,
 }
 
@@ -166,6 +184,7 @@ impl Shard {
             draining: Latch::default(),
             no_connections: Latch::default(),
             accept_failures: RefCell::default(),
+            disallowed: RefCell::default(),
             epoch: Instant::now(),
             mesh,
             config,

@@ -2,7 +2,7 @@
 //! timeout so that a server that stops answering fails the test instead of hanging it.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -23,7 +23,22 @@ pub struct Wire {
 
 impl Wire {
     pub fn connect(addr: SocketAddr) -> Wire {
-        let s = TcpStream::connect(addr).expect("connect");
+        Wire::ready(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from the local address `source` (port chosen by the kernel): on loopback, any
+    /// of 127.0.0.0/8, so a test can be a client from a network `--allow` leaves out.
+    pub fn connect_from(source: IpAddr, addr: SocketAddr) -> Wire {
+        let domain = socket2::Domain::for_address(addr);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket.connect(&addr.into()).expect("connect");
+        Wire::ready(socket.into())
+    }
+
+    fn ready(s: TcpStream) -> Wire {
         s.set_nodelay(true).unwrap();
         // A reply that does not come within this is a hang, which is a failure.
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
