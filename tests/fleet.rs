@@ -9,7 +9,9 @@
 //!   its core there, the same across runs, and no request forwarded between cores;
 //! - a host killed mid-run: its keys fail as errors (native client) or fail over (nutcracker
 //!   ejects it), other hosts' keys are unaffected, it serves again when back; no wrong value;
-//! - a host added: only its share (about 1/(K+1)) of the keys moves, all of them to it.
+//! - a host added: only its share (about 1/(K+1)) of the keys moves, all of them to it;
+//! - `--allow`: a host admitting only the switch serves it, and closes connections from
+//!   another host of the subnet at accept, on every listener.
 //!
 //! The tests take turns (each loads every CPU); the file runs in about half a minute.
 
@@ -696,4 +698,68 @@ fn a_host_added_takes_about_a_quarter_of_the_keys_and_no_other_key_moves() {
             assert_eq!(v, &value(i, 1));
         }
     }
+}
+
+/// Connects to `addr`, sends `bytes`, and returns what came back before the server closed
+/// (`None` if it answered and kept the connection open for 2 s).
+fn send_and_read_to_close(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("TCP connects");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // The server may have closed already: a failed write is a refusal too.
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn allow_serves_the_listed_network_and_closes_other_hosts_at_accept() {
+    let _turn = turn();
+    let mut fleet = Fleet::start(2, 1);
+    // Host 0 admits only the switch, where the clients run; host 1, on the same subnet, is
+    // outside its list.
+    fleet.reboot_host_allowing(0, &format!("{}.254/32", netns::SUBNET));
+    let native = fleet.native_addr(0);
+    let shard = SocketAddr::new(native.ip(), netns::SHARD_PORT_BASE);
+    let memcached = fleet.memcached_addr(0);
+
+    let served = fleet.in_switch(move || {
+        let version = send_and_read_to_close(memcached, b"version\r\nquit\r\n");
+        let pings = block_on(async move {
+            let mut out = Vec::new();
+            for addr in [native, shard] {
+                let mut client = Client::connect(addr).await.expect("connect");
+                out.push(client.ping(b"allowed").await.expect("ping"));
+            }
+            out
+        });
+        (version, pings)
+    });
+    let version = String::from_utf8(served.0.expect("quit closes")).unwrap();
+    assert!(version.starts_with("VERSION "), "{version}");
+    assert_eq!(served.1, [b"allowed".to_vec(), b"allowed".to_vec()]);
+
+    let refused = fleet.in_host(1, move || {
+        [native, shard, memcached].map(|addr| send_and_read_to_close(addr, b"version\r\n"))
+    });
+    for (what, got) in ["native", "shard port", "memcached"].iter().zip(&refused) {
+        assert_eq!(
+            got.as_deref(),
+            Some(&b""[..]),
+            "{what}: a host outside --allow must be closed before anything is read"
+        );
+    }
+    let report = fleet.stop_host(0);
+    assert_eq!(
+        common::report_core_sum(&report, "disallowed"),
+        3,
+        "{report}"
+    );
 }

@@ -145,16 +145,12 @@ run_fleet() {
     local cpus
     mapfile -t cpus < <(taskset -pc $$ | sed 's/.*: //' | tr ',' '\n' |
         awk -F- '{ if (NF == 2) { for (c = $1; c <= $2; c++) print c } else print $1 }')
-    local allow=()
-    if "$percore" --help | grep -q -- '--allow'; then
-        allow=(--allow "127.0.0.0/8,$subnet.0/24")
-    fi
     local i servers=""
     for ((i = 0; i < k; i++)); do
         local ip="$subnet.$((i + 1))"
         ip netns exec "$name-h$i" taskset -c "${cpus[i % ${#cpus[@]}]}" "$percore" --cores 1 \
             --listen "$ip:7070" --shard-ports 7100 --memcached-listen "$ip:11211" \
-            --memory 64MiB --idle-poll 0s "${allow[@]}" >"$work/h$i.out" 2>&1 &
+            --memory 64MiB --idle-poll 0s --allow "127.0.0.0/8,$subnet.0/24" >"$work/h$i.out" 2>&1 &
         started+=($!)
         servers+="    - $ip:11211:1 $ip:11211"$'\n'
     done

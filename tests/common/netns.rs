@@ -54,8 +54,8 @@ pub fn host_ip(i: usize) -> String {
 /// One running percore in its namespace.
 pub struct Host {
     child: Child,
-    /// Kept so that the thread draining its stdout goes on (the exit report comes there).
-    _stdout: Receiver<String>,
+    /// Its stdout after the listening line (the exit report comes there).
+    stdout: Receiver<String>,
 }
 
 pub struct Fleet {
@@ -135,13 +135,9 @@ fn run_script(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Whether `percore --help` lists `flag` (flags that land on main later are passed only then).
-pub fn percore_has_flag(flag: &str) -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_percore"))
-        .arg("--help")
-        .output()
-        .expect("percore --help runs");
-    String::from_utf8_lossy(&out.stdout).contains(flag)
+/// What every host admits unless told otherwise: loopback and the fleet's subnet.
+pub fn default_allow() -> String {
+    format!("127.0.0.0/8,{SUBNET}.0/24")
 }
 
 impl Fleet {
@@ -213,6 +209,11 @@ impl Fleet {
 
     /// Starts (or restarts) percore in host namespace `i`, and waits until it serves.
     pub fn start_host(&mut self, i: usize) {
+        self.start_host_allowing(i, &default_allow());
+    }
+
+    /// [`Fleet::start_host`] with `--allow allow`.
+    pub fn start_host_allowing(&mut self, i: usize, allow: &str) {
         assert!(self.hosts[i].is_none(), "host {i} runs already");
         let ip = host_ip(i);
         let first_cpu = i * self.cores_per_host;
@@ -229,9 +230,7 @@ impl Fleet {
             .env("PERCORE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if percore_has_flag("--allow") {
-            command.args(["--allow", &format!("127.0.0.0/8,{SUBNET}.0/24")]);
-        }
+        command.args(["--allow", allow]);
         let ns = self.host_ns(i);
         // Pinned to its CPUs: `--cores N` then takes the first N of them.
         in_namespace(&mut command, &ns, cpus);
@@ -265,7 +264,7 @@ impl Fleet {
             Listening::parse(&first).unwrap_or_else(|| panic!("unexpected first line: {first}"));
         assert_eq!(listening.addr, self.native_addr(i), "{first}");
         assert_eq!(listening.memcached, Some(self.memcached_addr(i)), "{first}");
-        self.hosts[i] = Some(Host { child, _stdout: rx });
+        self.hosts[i] = Some(Host { child, stdout: rx });
     }
 
     /// Kills host `i` (SIGKILL: a crash, nothing drained) and waits for it to be gone.
@@ -282,6 +281,11 @@ impl Fleet {
     /// its old connections left TIME_WAIT (about a minute): `runtime::net::ensure_port_free`
     /// probes the port with a socket bound without SO_REUSEADDR, which such connections refuse.
     pub fn reboot_host(&mut self, i: usize) {
+        self.reboot_host_allowing(i, &default_allow());
+    }
+
+    /// [`Fleet::reboot_host`] with `--allow allow`.
+    pub fn reboot_host_allowing(&mut self, i: usize, allow: &str) {
         if self.hosts[i].is_some() {
             self.kill_host(i);
         }
@@ -289,7 +293,25 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("cannot remove host {i}: {e}"));
         run_script(&["add-host", &self.name, &i.to_string()])
             .unwrap_or_else(|e| panic!("cannot make host {i} again: {e}"));
-        self.start_host(i);
+        self.start_host_allowing(i, allow);
+    }
+
+    /// Stops host `i` with SIGTERM and returns its exit report.
+    pub fn stop_host(&mut self, i: usize) -> String {
+        let mut host = self.hosts[i].take().expect("host runs");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while host.child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "host {i} ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut report = String::new();
+        while let Ok(line) = host.stdout.recv_timeout(Duration::from_secs(2)) {
+            report.push_str(&line);
+            report.push('\n');
+        }
+        report
     }
 
     /// Makes namespace `i` (the next host) and starts percore in it; nutcracker is not told.
@@ -361,15 +383,16 @@ impl Fleet {
     /// Runs `f` on a thread of its own inside the switch namespace (threads it starts are
     /// there too), and returns what it returns.
     pub fn in_switch<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = netns_file(&self.switch_ns());
-        std::thread::spawn(move || {
-            // SAFETY: setns on this thread only; the file is open.
-            let joined = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        in_thread_of(&self.switch_ns(), f)
+    }
+
+    /// [`Fleet::in_switch`] in host `i`'s namespace: a client whose address is host `i`'s.
+    pub fn in_host<T: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        in_thread_of(&self.host_ns(i), f)
     }
 
     /// A field of host `i`'s memcached `stats`.
@@ -378,6 +401,19 @@ impl Fleet {
         let name = name.to_owned();
         self.in_switch(move || memcached_stat(addr, &name))
     }
+}
+
+/// Runs `f` on a thread of its own inside namespace `ns`.
+fn in_thread_of<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = netns_file(ns);
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only; the file is open.
+        let joined = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// A field of the memcached `stats` of the server at `addr`.
