@@ -137,6 +137,9 @@ pub enum FleetError {
         #[source]
         source: ClientError,
     },
+    /// The client was given no hosts, or asked about a host it does not have.
+    #[error("no host {host} in a fleet of {hosts}")]
+    NoSuchHost { host: usize, hosts: usize },
 }
 
 impl FleetError {
@@ -145,7 +148,8 @@ impl FleetError {
         match self {
             FleetError::Unreachable { host, .. }
             | FleetError::Topology { host, .. }
-            | FleetError::Server { host, .. } => *host,
+            | FleetError::Server { host, .. }
+            | FleetError::NoSuchHost { host, .. } => *host,
         }
     }
 }
@@ -246,7 +250,10 @@ impl FleetClient {
     /// Connects host `host` unless it is up or its retry time has not come.
     async fn ensure_up(&mut self, host: usize) -> Result<(), FleetError> {
         let options = self.options;
-        let h = &mut self.hosts[host];
+        let hosts = self.hosts.len();
+        let Some(h) = self.hosts.get_mut(host) else {
+            return Err(FleetError::NoSuchHost { host, hosts });
+        };
         let addr = h.addr;
         match &h.link {
             Link::Up { .. } => return Ok(()),
@@ -289,6 +296,12 @@ impl FleetClient {
         F: AsyncFnOnce(&mut Client) -> Result<T, ClientError>,
     {
         let host = self.ring.host_of(key);
+        if host >= self.hosts.len() {
+            return Err(FleetError::NoSuchHost {
+                host,
+                hosts: self.hosts.len(),
+            });
+        }
         self.hosts[host].counts.requests += 1;
         let result = self.on_owner_of(host, key, call).await;
         if result.is_err() {
@@ -501,7 +514,19 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_ring_answers_host_zero() {
+    fn an_empty_ring_answers_host_zero_and_an_empty_fleet_an_error() {
         assert_eq!(Ring::ketama::<&str>(&[]).host_of(b"k"), 0);
+        let mut fleet = FleetClient::new(&[], FleetOptions::default());
+        let got = crate::runtime::block_on(async move { fleet.get(b"k").await });
+        assert!(matches!(
+            got,
+            Err(FleetError::NoSuchHost { host: 0, hosts: 0 })
+        ));
+        let mut fleet = FleetClient::new(&[], FleetOptions::default());
+        let got = crate::runtime::block_on(async move { fleet.stats(3).await });
+        assert!(matches!(
+            got,
+            Err(FleetError::NoSuchHost { host: 3, hosts: 0 })
+        ));
     }
 }
