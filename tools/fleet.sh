@@ -179,7 +179,11 @@ run_fleet() {
         ip netns exec "$name-sw" "${command[@]}"
     else
         echo "fleet: up; Ctrl-C tears it down (run commands in it: ip netns exec $name-sw ...)"
-        while sleep 1; do :; done
+        # `wait` returns as soon as a signal arrives (a foreground sleep would delay the trap).
+        while :; do
+            sleep 1 &
+            wait $! || true
+        done
     fi
 }
 
