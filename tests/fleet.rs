@@ -172,12 +172,47 @@ fn through_nutcracker_every_reply_is_right_and_each_host_holds_a_third() {
         let share = n as f64 / keys as f64;
         assert!((0.25..0.42).contains(&share), "{items:?}");
     }
-    // nutcracker's ring (md5 ketama over "HOST:PORT") is the native client's: the same
+    // nutcracker's ring (md5 ketama over the servers' names) is the native client's: the same
     // hosts get the very same keys.
-    let names: Vec<String> = (0..3)
-        .map(|i| fleet.memcached_addr(i).to_string())
-        .collect();
+    let names: Vec<String> = (0..3).map(netns::host_name).collect();
     assert_eq!(items, predicted(&names, (0..keys as usize).map(load_key)));
+
+    // And percore-load --distribute straight to the memcached listeners, its hosts named the
+    // same, finds every key where nutcracker put it: a get that misses there is an error.
+    let targets: Vec<String> = (0..3)
+        .flat_map(|i| {
+            [
+                "--target".to_owned(),
+                format!("{}={}", netns::host_name(i), fleet.memcached_addr(i)),
+            ]
+        })
+        .collect();
+    let mut args: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let keys_arg = keys.to_string();
+    args.extend([
+        "--protocol",
+        "memcached",
+        "--distribute",
+        "ketama",
+        "--workload",
+        "get",
+        "--keys",
+        &keys_arg,
+        "--requests",
+        "6000",
+        "--connections",
+        "2",
+        "--pipeline",
+        "8",
+    ]);
+    let (out, json) = load(&fleet, &args);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(json["errors_total"], 0, "{}", stdout(&out));
+    assert_eq!(
+        json["get_misses"], 0,
+        "a key was not where nutcracker put it"
+    );
+    assert_eq!(json["hosts"][1]["name"], "h1");
 }
 
 #[test]
@@ -565,9 +600,7 @@ fn a_host_killed_mid_run_fails_alone_and_serves_again_when_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Back in the ring: a key the ring gives the victim is stored there again.
-    let memcached_names: Vec<String> = (0..3)
-        .map(|i| fleet.memcached_addr(i).to_string())
-        .collect();
+    let memcached_names: Vec<String> = (0..3).map(netns::host_name).collect();
     let twem_ring = Ring::ketama(&memcached_names);
     let probe = (0..)
         .map(key)

@@ -6,7 +6,9 @@
 #   tools/fleet.sh [run] [-k K] [--percore BIN] [-- COMMAND...]
 #       Makes the fleet, prints its addresses, then runs COMMAND in the switch namespace (where
 #       nutcracker runs; it reaches every host) or, without one, waits for Ctrl-C. Everything is
-#       torn down on exit, on Ctrl-C and on any failure.
+#       torn down on exit, on Ctrl-C and on any failure. COMMAND gets FLEET_NAMESPACE,
+#       FLEET_NUTCRACKER (HOST:PORT), FLEET_TARGETS and FLEET_MEMCACHED_TARGETS (hI=HOST:PORT
+#       each, named as nutcracker names them: pass them to percore-load --distribute --target).
 #   tools/fleet.sh net-up NAME K        the namespaces only (tests/fleet.rs uses these three)
 #   tools/fleet.sh add-host NAME I      one more host namespace, number I
 #   tools/fleet.sh del-host NAME I      removes host namespace I with its processes (a host
@@ -152,7 +154,7 @@ run_fleet() {
             --listen "$ip:7070" --shard-ports 7100 --memcached-listen "$ip:11211" \
             --memory 64MiB --idle-poll 0s --allow "127.0.0.0/8,$subnet.0/24" >"$work/h$i.out" 2>&1 &
         started+=($!)
-        servers+="    - $ip:11211:1 $ip:11211"$'\n'
+        servers+="    - $ip:11211:1 h$i"$'\n'
     done
     local conf
     conf=$(<"$here/fleet/nutcracker.yml")
@@ -166,15 +168,16 @@ run_fleet() {
     started+=($!)
     wait_port "$name-sw" "$subnet.254" 22121
 
-    local targets=()
+    local targets=() memcached_targets=()
     for ((i = 0; i < k; i++)); do
-        targets+=("$subnet.$((i + 1)):7070")
+        targets+=("h$i=$subnet.$((i + 1)):7070")
+        memcached_targets+=("h$i=$subnet.$((i + 1)):11211")
         echo "fleet: host $i in $name-h$i: $(head -n1 "$work/h$i.out")"
     done
     echo "fleet: nutcracker (memcached protocol) on $subnet.254:22121 in $name-sw, stats on :22222"
-    echo "fleet: native targets ${targets[*]}"
+    echo "fleet: hosts named as nutcracker names them: native ${targets[*]}, memcached ${memcached_targets[*]}"
     export FLEET_NAMESPACE="$name-sw" FLEET_NUTCRACKER="$subnet.254:22121"
-    export FLEET_TARGETS="${targets[*]}"
+    export FLEET_TARGETS="${targets[*]}" FLEET_MEMCACHED_TARGETS="${memcached_targets[*]}"
     if ((${#command[@]})); then
         ip netns exec "$name-sw" "${command[@]}"
     else

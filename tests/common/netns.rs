@@ -51,6 +51,12 @@ pub fn host_ip(i: usize) -> String {
     format!("{SUBNET}.{}", i + 1)
 }
 
+/// Host `i`'s name on nutcracker's ring (`- HOST:PORT:1 hI`), and so on every client's that
+/// is to agree with it.
+pub fn host_name(i: usize) -> String {
+    format!("h{i}")
+}
+
 /// One running percore in its namespace.
 pub struct Host {
     child: Child,
@@ -199,11 +205,11 @@ impl Fleet {
             .collect()
     }
 
-    /// The hosts named as nutcracker names them (by their memcached address), reached at their
-    /// native address: a fleet client with these names places keys as nutcracker does.
+    /// The hosts named as nutcracker names them ([`host_name`]), reached at their native
+    /// address: a fleet client with these names places keys as nutcracker does.
     pub fn native_hosts_named_as_nutcracker(&self) -> Vec<(String, SocketAddr)> {
         (0..self.hosts.len())
-            .map(|i| (self.memcached_addr(i).to_string(), self.native_addr(i)))
+            .map(|i| (host_name(i), self.native_addr(i)))
             .collect()
     }
 
@@ -327,7 +333,7 @@ impl Fleet {
     /// nutcracker's configuration for the fleet's hosts: tools/fleet/nutcracker.yml filled in.
     pub fn nutcracker_config(&self) -> String {
         let servers: Vec<String> = (0..self.hosts.len())
-            .map(|i| format!("    - {0}:1 {0}", self.memcached_addr(i)))
+            .map(|i| format!("    - {}:1 {}", self.memcached_addr(i), host_name(i)))
             .collect();
         NUTCRACKER_TEMPLATE
             .replace("@LISTEN@", &self.nutcracker_addr().to_string())

@@ -6,18 +6,24 @@
 #   sudo tools/fleet.sh -k 3 --percore target/release/percore -- \
 #       tools/fleet/compare.sh target/release/percore-load [ROUNDS]
 #
-# Prints per run the throughput, the errors, the load generator's CPU time (user, system) and
-# the CPU time nutcracker spent during the run, then the keys each host holds.
+# Prints the keys each host holds after the keyspace was set through nutcracker, then per run the
+# throughput, the errors, the load generator's CPU time (user, system) and the CPU time
+# nutcracker spent during the run. The hosts are named as nutcracker names them, so every run
+# reads and writes the keys where nutcracker put them.
 set -euo pipefail
 
 load=${1:?usage: compare.sh PERCORE_LOAD [ROUNDS]}
 rounds=${2:-3}
-: "${FLEET_NAMESPACE:?run me through tools/fleet.sh -- ...}" "${FLEET_NUTCRACKER:?}" "${FLEET_TARGETS:?}"
+: "${FLEET_NAMESPACE:?run me through tools/fleet.sh -- ...}" "${FLEET_NUTCRACKER:?}"
+: "${FLEET_TARGETS:?}" "${FLEET_MEMCACHED_TARGETS:?}"
 
-native=() memcached=()
+native=() memcached=() hosts=()
 for t in $FLEET_TARGETS; do
     native+=(--target "$t")
-    memcached+=(--target "${t%:*}:11211")
+done
+for t in $FLEET_MEMCACHED_TARGETS; do
+    memcached+=(--target "$t")
+    hosts+=("${t#*=}")
 done
 common=(--workload mixed --mix get:90,set:10 --keys 30000 --duration 5s --quiet --idle-poll 0s)
 
@@ -44,19 +50,11 @@ run() {
 
 "$load" --protocol memcached --target "$FLEET_NUTCRACKER" --workload set --keys 30000 --prefill \
     --requests 1 --quiet >/dev/null
-for ((r = 1; r <= rounds; r++)); do
-    echo "== round $r"
-    run "nutcracker 8x24" --protocol memcached --target "$FLEET_NUTCRACKER" --connections 8 --pipeline 24
-    run "direct native 8x24" --distribute ketama "${native[@]}" --connections 8 --pipeline 24
-    run "direct memcached 8x24" --protocol memcached --distribute ketama "${memcached[@]}" --connections 8 --pipeline 24
-    run "direct native 2x96" --distribute ketama "${native[@]}" --connections 2 --pipeline 96
-    run "direct memcached 2x96" --protocol memcached --distribute ketama "${memcached[@]}" --connections 2 --pipeline 96
-done
-echo "== keys per host (memcached stats curr_items)"
-for t in $FLEET_TARGETS; do
-    python3 - "${t%:*}" <<'EOF'
+echo "== keys per host after 30000 keys were set through nutcracker (memcached stats curr_items)"
+for h in "${hosts[@]}"; do
+    python3 - "${h%:*}" "${h##*:}" <<'EOF'
 import socket, sys
-s = socket.create_connection((sys.argv[1], 11211), timeout=5)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
 s.sendall(b"stats\r\n")
 data = b""
 while not data.endswith(b"END\r\n"):
@@ -67,4 +65,12 @@ while not data.endswith(b"END\r\n"):
 items = [l.split()[2].decode() for l in data.split(b"\r\n") if l.startswith(b"STAT curr_items ")]
 print(f"{sys.argv[1]}: curr_items {items[0] if items else '?'}")
 EOF
+done
+for ((r = 1; r <= rounds; r++)); do
+    echo "== round $r"
+    run "nutcracker 8x24" --protocol memcached --target "$FLEET_NUTCRACKER" --connections 8 --pipeline 24
+    run "direct native 8x24" --distribute ketama "${native[@]}" --connections 8 --pipeline 24
+    run "direct memcached 8x24" --protocol memcached --distribute ketama "${memcached[@]}" --connections 8 --pipeline 24
+    run "direct native 2x96" --distribute ketama "${native[@]}" --connections 2 --pipeline 96
+    run "direct memcached 2x96" --protocol memcached --distribute ketama "${memcached[@]}" --connections 2 --pipeline 96
 done

@@ -41,7 +41,9 @@ pub const MAX_MULTIGET: usize = 256;
 #[command(name = "percore-load", version, max_term_width = 100)]
 pub struct Args {
     /// Server to load, HOST:PORT; repeat it to load several servers, connections are spread
-    /// across them round-robin [default: 127.0.0.1:7070]
+    /// across them round-robin. With --distribute, NAME=HOST:PORT names the host on the ring
+    /// (as twemproxy's `- HOST:PORT:1 NAME`); the name is otherwise HOST:PORT as written
+    /// [default: 127.0.0.1:7070]
     #[arg(long = "target", value_name = "ADDR")]
     pub targets: Vec<String>,
 
@@ -211,6 +213,9 @@ pub enum Stop {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub targets: Vec<SocketAddr>,
+    /// Each target's name on the --distribute ring: NAME of NAME=HOST:PORT, else HOST:PORT as
+    /// written.
+    pub target_names: Vec<String>,
     pub cpus: Vec<usize>,
     pub connections: usize,
     pub pipeline: usize,
@@ -248,8 +253,20 @@ impl Plan {
         } else {
             args.targets.clone()
         };
+        let target_names: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                t.split_once('=')
+                    .map_or(t.as_str(), |(name, _)| name)
+                    .to_owned()
+            })
+            .collect();
+        if let Some(t) = targets.iter().find(|t| t.starts_with('=')) {
+            bail!("--target {t}: the name before = is empty");
+        }
         let targets = targets
             .iter()
+            .map(|t| t.split_once('=').map_or(t.as_str(), |(_, addr)| addr))
             .map(|t| {
                 t.to_socket_addrs()
                     .with_context(|| format!("--target {t}: not an address"))?
@@ -356,6 +373,7 @@ impl Plan {
         }
         Ok(Plan {
             targets,
+            target_names,
             cpus,
             connections: args.connections,
             pipeline: args.pipeline,
@@ -548,6 +566,20 @@ mod tests {
         );
         assert!(plan(&["--distribute", "ketama", "--shard-aware"]).is_err());
         assert!(plan(&["--distribute", "rendezvous"]).is_err());
+        let all = [
+            "percore-load",
+            "--target",
+            "h0=127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+            "--distribute",
+            "ketama",
+        ];
+        let p = Plan::from_args(Args::try_parse_from(all).unwrap()).unwrap();
+        assert_eq!(p.target_names, ["h0", "127.0.0.1:2"]);
+        assert_eq!(p.targets[0], "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        let nameless = ["percore-load", "--target", "=127.0.0.1:1"];
+        assert!(Plan::from_args(Args::try_parse_from(nameless).unwrap()).is_err());
         assert!(plan(&[
             "--distribute",
             "ketama",

@@ -1,7 +1,8 @@
 //! `--distribute`: one load generator over a fleet. Each slot connects to every `--target` host
 //! (with the percore protocol, to every core of it through its `--shard-ports`, as
 //! `--shard-aware` does for one host) and sends each key to the host that owns it on the ketama
-//! ring of the targets (`percore::client::fleet::Ring`, named by the targets' addresses), then to
+//! ring of the targets (`percore::client::fleet::Ring`, named as `--target NAME=ADDR` says, else
+//! by the address as written), then to
 //! the core that owns it there. What each host was sent, and the errors its replies and its
 //! connections caused, are tallied per host and reported.
 //!
@@ -28,8 +29,7 @@ pub enum Distribute {
 
 /// The ring of a plan's targets.
 pub fn ring(plan: &Plan) -> Ring {
-    let names: Vec<String> = plan.targets.iter().map(|t| t.to_string()).collect();
-    Ring::ketama(&names)
+    Ring::ketama(&plan.target_names)
 }
 
 /// What one host of the fleet was sent, over the whole run (prefill and verify included).
@@ -109,11 +109,11 @@ pub fn report_lines(plan: &Plan, hosts: &[HostTally]) -> String {
     let mut out = String::new();
     let total: u64 = hosts.iter().map(|h| h.sent).sum::<u64>().max(1);
     let _ = writeln!(out, "Per host (all phases):");
-    for (i, target) in plan.targets.iter().enumerate() {
+    for (i, (target, name)) in plan.targets.iter().zip(&plan.target_names).enumerate() {
         let h = hosts.get(i).copied().unwrap_or_default();
         let _ = writeln!(
             out,
-            "  host {i} {target}: sent {} ({:.1}%), errors {} (not sent, host down: {}), connections lost {}",
+            "  host {i} {name} ({target}): sent {} ({:.1}%), errors {} (not sent, host down: {}), connections lost {}",
             h.sent,
             100.0 * h.sent as f64 / total as f64,
             h.errors,
@@ -128,11 +128,13 @@ pub fn report_lines(plan: &Plan, hosts: &[HostTally]) -> String {
 pub fn json_hosts(plan: &Plan, hosts: &[HostTally]) -> Value {
     plan.targets
         .iter()
+        .zip(&plan.target_names)
         .enumerate()
-        .map(|(i, target)| {
+        .map(|(i, (target, name))| {
             let h = hosts.get(i).copied().unwrap_or_default();
             json!({
                 "target": target.to_string(),
+                "name": name,
                 "sent": h.sent,
                 "errors": h.errors,
                 "host_down": h.down,
