@@ -111,9 +111,14 @@ pub fn report_lines(plan: &Plan, hosts: &[HostTally]) -> String {
     let _ = writeln!(out, "Per host (all phases):");
     for (i, (target, name)) in plan.targets.iter().zip(&plan.target_names).enumerate() {
         let h = hosts.get(i).copied().unwrap_or_default();
+        let at = if *name == target.to_string() {
+            String::new()
+        } else {
+            format!(" ({target})")
+        };
         let _ = writeln!(
             out,
-            "  host {i} {name} ({target}): sent {} ({:.1}%), errors {} (not sent, host down: {}), connections lost {}",
+            "  host {i} {name}{at}: sent {} ({:.1}%), errors {} (not sent, host down: {}), connections lost {}",
             h.sent,
             100.0 * h.sent as f64 / total as f64,
             h.errors,
