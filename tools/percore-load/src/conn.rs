@@ -230,8 +230,7 @@ impl Slot {
                     continue;
                 }
                 if link.conn.write_all(&link.output).await.is_err() {
-                    if !self.link_down(i) {
-                        self.end(End::Failed);
+                    if !self.fail_link(i, End::Failed) {
                         return;
                     }
                     continue;
@@ -264,20 +263,17 @@ impl Slot {
                     }
                 }
                 Some((i, Ok(0))) => {
-                    if !self.link_down(i) {
-                        self.end(End::Closed);
+                    if !self.fail_link(i, End::Closed) {
                         return;
                     }
                 }
                 Some((i, Err(_))) => {
-                    if !self.link_down(i) {
-                        self.end(End::Failed);
+                    if !self.fail_link(i, End::Failed) {
                         return;
                     }
                 }
                 Some((i, Ok(_))) => {
-                    if self.take_replies(i).is_err() && !self.link_down(i) {
-                        self.end(End::Failed);
+                    if self.take_replies(i).is_err() && !self.fail_link(i, End::Failed) {
                         return;
                     }
                     if was_full && self.book.pending.len() < pipeline {
@@ -317,11 +313,12 @@ impl Slot {
         result
     }
 
-    /// --distribute: socket `i` failed. Its requests in flight are lost, and it is used no
-    /// more; the slot goes on with the other hosts. False without --distribute, or when no
-    /// socket is left: then the slot ends.
-    fn link_down(&mut self, i: usize) -> bool {
+    /// Socket `i` ended (`how`). Without --distribute the slot ends with it. With it, only
+    /// that socket does: its requests in flight are lost, it is used no more, and the slot goes
+    /// on with the other hosts' sockets while any is left. True when the slot goes on.
+    fn fail_link(&mut self, i: usize, how: End) -> bool {
         let Some(routes) = &self.routes else {
+            self.end(how);
             return false;
         };
         let host = routes.link_host[i];
@@ -337,14 +334,25 @@ impl Slot {
         self.book.pending.retain(|_, p| p.link != i);
         self.book.ordered[i] = InOrder::default();
         let mut rec = self.book.ctx.recorder.borrow_mut();
-        rec.error(ErrorKind::ConnectionLost, 1);
-        if lost > 0 {
-            rec.error(ErrorKind::Lost, lost);
+        if how == End::Closed && lost == 0 {
+            // Closed by the host after answering everything sent to it, as a stopping server
+            // does: no error (what would go to it later counts as host_down).
+            rec.counts.closed_clean += 1;
+        } else {
+            rec.error(ErrorKind::ConnectionLost, 1);
+            if lost > 0 {
+                rec.error(ErrorKind::Lost, lost);
+            }
+            let tally = fleet::tally(&mut rec, host);
+            tally.errors += lost;
+            tally.connections_lost += 1;
         }
-        let tally = fleet::tally(&mut rec, host);
-        tally.errors += lost;
-        tally.connections_lost += 1;
-        self.links.iter().any(|l| !l.down)
+        drop(rec);
+        let any_left = self.links.iter().any(|l| !l.down);
+        if !any_left {
+            self.dead = true;
+        }
+        any_left
     }
 
     /// The connection is over: every request in flight is lost. The server closing it with
