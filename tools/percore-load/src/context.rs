@@ -20,7 +20,8 @@ pub struct ComputeCase {
 }
 
 /// What the slots of one core share: the plan, a pool of random bytes that payloads, values
-/// and compute inputs are cut from (so sending allocates nothing), and the core's recorder.
+/// and compute inputs are cut from (so sending allocates nothing; the same on every core), and
+/// the core's recorder.
 pub struct CoreCtx {
     pub plan: Rc<Plan>,
     pub pool: Vec<u8>,
@@ -31,10 +32,13 @@ pub struct CoreCtx {
 
 impl CoreCtx {
     pub fn new(plan: Rc<Plan>, core: usize) -> CoreCtx {
-        let mut rng = fastrand::Rng::with_seed(plan.seed ^ (core as u64).wrapping_mul(0x9e37_79b9));
+        // The pool is the same on every core (it depends on the seed alone), so the cache
+        // workload's value of a key is the same bytes whichever core writes or checks it.
+        let mut pool_rng = fastrand::Rng::with_seed(plan.seed);
         // Twice the largest value, so values start at many different offsets.
         let pool_len = (2 * plan.value_size.max).max(4096);
-        let pool: Vec<u8> = (0..pool_len).map(|_| rng.u8(..)).collect();
+        let pool: Vec<u8> = (0..pool_len).map(|_| pool_rng.u8(..)).collect();
+        let mut rng = fastrand::Rng::with_seed(plan.seed ^ (core as u64).wrapping_mul(0x9e37_79b9));
         let compute = if plan.mix.ops().contains(&LoadOp::Compute) {
             (0..COMPUTE_CASES)
                 .map(|_| {
