@@ -239,7 +239,7 @@ impl Book {
         if ctx.plan.is_cache() {
             // Intact is not enough: the key has one value, and a hit must be it exactly.
             let plan = &ctx.plan;
-            let (len, at) = keyed_value(index, plan.seed, plan.value_size, ctx.pool.len());
+            let (len, at) = keyed_value(index, plan.value_size, ctx.pool.len());
             make_value(expected, &ctx.pool[at..], len, &mut self.value);
             return if value == self.value.as_slice() {
                 Ok(())

@@ -155,7 +155,8 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "5s")]
     pub timeout: Dur,
 
-    /// Seed of the key, size and operation draws, so runs can be repeated
+    /// Seed of the key, size and operation draws, so runs can be repeated (the bytes of values
+    /// do not depend on it)
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
 

@@ -417,7 +417,7 @@ impl Slot {
                     LoadOp::Delete => Request::Delete { key },
                     _ => {
                         let (size, offset) = if plan.is_cache() {
-                            keyed_value(index, plan.seed, plan.value_size, ctx.pool.len())
+                            keyed_value(index, plan.value_size, ctx.pool.len())
                         } else {
                             let size = plan.value_size.pick(&mut book.rng);
                             (size, book.rng.usize(0..=ctx.pool.len() - size))

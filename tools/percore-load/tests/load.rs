@@ -1356,9 +1356,10 @@ fn as_u64(v: &serde_json::Value) -> u64 {
 /// Cache-aside over a keyspace that fits (500 keys of 64 B-4 KiB, uniform, open loop at 3000
 /// gets/s for 2 s): each key misses about once, on its first get, is filled, and hits from then
 /// on, so the hit ratio is about 1 - 500 / 6000 overall and near 1 in the second second. Every
-/// hit is compared byte for byte (mixed sizes included).
+/// hit is compared byte for byte (mixed sizes included), also in a second run with other draws.
 fn cache_hits_once_the_keyspace_is_in(target: &[&str]) {
     let mut all = target.to_vec();
+    let again = all.clone();
     all.extend_from_slice(&[
         "--workload",
         "cache",
@@ -1431,6 +1432,27 @@ fn cache_hits_once_the_keyspace_is_in(target: &[&str]) {
         run.stdout
     );
     assert!(run.stderr.contains(" hit 0.9"), "{}", run.stderr);
+
+    // A run with other draws (another --seed) finds the cache that one filled: every key's
+    // value is the same bytes whatever the seed, so everything it asks for hits, intact.
+    let mut all = again;
+    all.extend_from_slice(&[
+        "--workload",
+        "cache",
+        "--keys",
+        "500",
+        "--value-size",
+        "64-4096",
+        "--seed",
+        "99",
+        "--requests",
+        "2000",
+    ]);
+    let run = run_load(&all, LIMIT);
+    run.assert_clean();
+    let cache = cache_of(&run);
+    assert_eq!(as_u64(&cache["hits"]), 2000, "{}", run.stdout);
+    assert_eq!(run.json()["hit_ratio"], 1.0);
 }
 
 /// Cache-aside over a keyspace about 10 times the server's memory (4 MiB; 10,000 keys of
