@@ -9,7 +9,7 @@
 //!
 //! The cache workload compares every hit with the one value its key has ([`keyed_value`]),
 //! and queues a set of each key that missed ([`Fill`]); the slot sends those before anything
-//! new. A get of the `--scan-at` pass is counted apart, so the hit ratio is that of drawn keys.
+//! new. A get of the `--scan-after` pass is counted apart, so the hit ratio is that of drawn keys.
 //!
 //! With `--verify-keys` a slot sets and deletes only its own keys ([`own_key`]: those equal to
 //! its index modulo the connections), remembers per key the last acknowledged set or delete by
@@ -45,7 +45,7 @@ pub struct Pending {
     pub len: usize,
     /// Set: where the value's content starts in the pool.
     pub content: usize,
-    /// A get of the cache workload's --scan-at pass.
+    /// A get of the cache workload's --scan-after pass.
     pub scan: bool,
 }
 
@@ -117,11 +117,37 @@ pub struct Book {
     /// Cache workload: sets of keys that missed, oldest first. Each get in flight adds at most
     /// one, and they go out before any new get, so there are never more than --pipeline.
     pub fills: VecDeque<Fill>,
-    /// Cache workload: this slot's next key of the --scan-at pass (slot i takes the pass's
-    /// keys i, i + connections, ...); past the pass's end once it is done.
-    pub scan_next: u64,
-    /// When the --scan-at pass starts: measure start + --scan-at (set when the run starts).
-    pub scan_from: Option<Instant>,
+    /// Cache workload with --scan-after: this slot's part of the pass.
+    pub scan: Option<ScanPart>,
+}
+
+/// One slot's part of the cache workload's --scan-after pass: after its share of the gets
+/// before the pass, its next gets take the pass's keys `first, first + step, ...` below `end`
+/// (slot i of n starts at keys + i, steps by n), then draw again.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanPart {
+    /// Measured gets of this slot so far, and how many come before its part of the pass.
+    pub gets: u64,
+    pub after: u64,
+    pub next: u64,
+    pub step: u64,
+    pub end: u64,
+}
+
+impl ScanPart {
+    /// The key of this slot's next get in `phase` if it is one of the pass's.
+    pub fn next_key(&mut self, phase: Phase) -> Option<u64> {
+        if phase != Phase::Measured {
+            return None;
+        }
+        self.gets += 1;
+        if self.gets <= self.after || self.next >= self.end {
+            return None;
+        }
+        let key = self.next;
+        self.next += self.step;
+        Some(key)
+    }
 }
 
 impl Book {
@@ -391,6 +417,37 @@ pub fn own_key(key: u64, slot: u64, slots: u64, keys: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_part_takes_its_keys_after_its_share_of_gets() {
+        // Slot 1 of 4, the pass over keys 100..110 after 3 of its measured gets.
+        let mut part = ScanPart {
+            gets: 0,
+            after: 3,
+            next: 101,
+            step: 4,
+            end: 110,
+        };
+        assert_eq!(
+            part.next_key(Phase::Warmup),
+            None,
+            "warmup gets do not count"
+        );
+        let keys: Vec<Option<u64>> = (0..8).map(|_| part.next_key(Phase::Measured)).collect();
+        assert_eq!(
+            keys,
+            [
+                None,
+                None,
+                None,
+                Some(101),
+                Some(105),
+                Some(109),
+                None,
+                None
+            ]
+        );
+    }
 
     #[test]
     fn each_key_has_one_writer() {

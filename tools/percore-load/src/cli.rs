@@ -179,15 +179,16 @@ pub struct Args {
     #[arg(long)]
     pub quiet: bool,
 
-    /// Cache workload: this long after measuring starts, each connection's gets stop drawing
-    /// keys and pass once, in order, over --scan-keys keys outside the keyspace (so cold),
-    /// filling each as it misses, then draw again. The pass's own lookups are counted apart
-    /// from the hit ratio
-    #[arg(long, value_name = "DUR", requires = "scan_keys")]
-    pub scan_at: Option<Dur>,
+    /// Cache workload: after this many measured gets in total (each connection after its
+    /// share, so the point is the same in the request stream whatever the server's speed), the
+    /// gets stop drawing keys and pass once, in order, over --scan-keys keys outside the
+    /// keyspace (so cold), filling each as it misses, then draw again. The pass's own lookups
+    /// count against --requests but apart from the hit ratio
+    #[arg(long, value_name = "N", requires = "scan_keys")]
+    pub scan_after: Option<u64>,
 
-    /// Keys of the --scan-at pass, spread over the connections
-    #[arg(long, value_name = "N", requires = "scan_at")]
+    /// Keys of the --scan-after pass, spread over the connections
+    #[arg(long, value_name = "N", requires = "scan_after")]
     pub scan_keys: Option<u64>,
 }
 
@@ -215,11 +216,11 @@ pub enum Stop {
     Requests(u64),
 }
 
-/// The cache workload's one-time pass over cold keys (--scan-at, --scan-keys).
+/// The cache workload's one-time pass over cold keys (--scan-after, --scan-keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scan {
-    /// After measure start.
-    pub at: Duration,
+    /// Measured gets before it, over all connections.
+    pub after: u64,
     /// Key indexes `keys..keys + count`, past the keyspace.
     pub count: u64,
 }
@@ -298,10 +299,10 @@ impl Plan {
         if args.keys == 0 {
             bail!("--keys must be at least 1");
         }
-        let scan = match (args.scan_at, args.scan_keys) {
-            (Some(at), Some(count)) => {
+        let scan = match (args.scan_after, args.scan_keys) {
+            (Some(after), Some(count)) => {
                 if args.workload != WorkloadKind::Cache {
-                    bail!("--scan-at and --scan-keys are a pass of the cache workload: use --workload cache");
+                    bail!("--scan-after and --scan-keys are a pass of the cache workload: use --workload cache");
                 }
                 if count == 0 {
                     bail!("--scan-keys must be at least 1");
@@ -309,7 +310,7 @@ impl Plan {
                 if args.keys.checked_add(count).is_none() {
                     bail!("--keys plus --scan-keys is more keys than there are numbers");
                 }
-                Some(Scan { at: at.0, count })
+                Some(Scan { after, count })
             }
             // clap makes each flag require the other.
             _ => None,
@@ -462,9 +463,8 @@ impl Plan {
         }
         if let Some(scan) = self.scan {
             line += &format!(
-                ", a pass over {} cold keys at {:.1} s",
-                scan.count,
-                scan.at.as_secs_f64()
+                ", a pass over {} cold keys after {} gets",
+                scan.count, scan.after
             );
         }
         line
@@ -624,8 +624,8 @@ mod tests {
             "1000",
             "--key-size",
             "5",
-            "--scan-at",
-            "2s",
+            "--scan-after",
+            "2000",
             "--scan-keys",
             "9000",
         ])
@@ -633,12 +633,12 @@ mod tests {
         assert_eq!(
             p.scan,
             Some(Scan {
-                at: Duration::from_secs(2),
+                after: 2000,
                 count: 9000
             })
         );
         assert!(
-            p.describe().contains("9000 cold keys at 2.0 s"),
+            p.describe().contains("9000 cold keys after 2000 gets"),
             "{}",
             p.describe()
         );
@@ -650,17 +650,33 @@ mod tests {
             "1000",
             "--key-size",
             "5",
-            "--scan-at",
-            "2s",
+            "--scan-after",
+            "2000",
             "--scan-keys",
             "10000"
         ])
         .is_err());
         assert!(
-            plan(&["--workload", "cache", "--scan-at", "2s"]).is_err(),
+            plan(&["--workload", "cache", "--scan-after", "2000"]).is_err(),
             "no --scan-keys"
         );
-        assert!(plan(&["--workload", "get", "--scan-at", "2s", "--scan-keys", "5"]).is_err());
-        assert!(plan(&["--workload", "cache", "--scan-at", "2s", "--scan-keys", "0"]).is_err());
+        assert!(plan(&[
+            "--workload",
+            "get",
+            "--scan-after",
+            "2000",
+            "--scan-keys",
+            "5"
+        ])
+        .is_err());
+        assert!(plan(&[
+            "--workload",
+            "cache",
+            "--scan-after",
+            "2000",
+            "--scan-keys",
+            "0"
+        ])
+        .is_err());
     }
 }

@@ -33,7 +33,7 @@ use bytes::{Buf, BytesMut};
 use percore::client::Client;
 use percore::runtime::{self, net::Conn};
 
-use crate::check::{own_key, Acked, Book, Fill, InOrder, Pending};
+use crate::check::{own_key, Acked, Book, Fill, InOrder, Pending, ScanPart};
 use crate::codec::{Codec, Parsed, ProtocolKind, Request};
 use crate::context::CoreCtx;
 use crate::schedule::{Due, Schedule};
@@ -130,8 +130,16 @@ impl Slot {
             key: [0; 250],
             last_progress: Instant::now(),
             fills: VecDeque::with_capacity(if plan.is_cache() { plan.pipeline } else { 0 }),
-            scan_next: plan.keys + index as u64,
-            scan_from: None,
+            scan: plan.scan.map(|scan| {
+                let (slot, slots) = (index as u64, plan.connections as u64);
+                ScanPart {
+                    gets: 0,
+                    after: scan.after / slots + u64::from(slot < scan.after % slots),
+                    next: plan.keys + slot,
+                    step: slots,
+                    end: plan.keys + scan.count,
+                }
+            }),
             ctx,
         };
         Ok(Slot {
@@ -155,11 +163,7 @@ impl Slot {
 
     /// Runs the measuring schedule.
     pub async fn run(&mut self, mut schedule: Schedule) {
-        let plan = &self.book.ctx.plan;
-        let pipeline = plan.pipeline;
-        self.book.scan_from = plan
-            .scan
-            .and_then(|scan| Some(schedule.measure_start()? + scan.at));
+        let pipeline = self.book.ctx.plan.pipeline;
         self.drive(&mut schedule, pipeline).await;
         let unsent = schedule.unsent();
         self.book.ctx.recorder.borrow_mut().counts.unsent += unsent;
@@ -396,16 +400,15 @@ impl Slot {
                 }
             }
             LoadOp::Get | LoadOp::Set | LoadOp::Delete => {
-                let mut index = match due.key {
-                    Some(key) => key,
-                    None if book.scanning(due.phase, due.intended) => {
-                        scan = true;
-                        let key = book.scan_next;
-                        book.scan_next += plan.connections as u64;
-                        key
-                    }
-                    None => ctx.keys.sample(&mut book.rng),
+                let pass_key = match (op, due.key, &mut book.scan) {
+                    (LoadOp::Get, None, Some(part)) => part.next_key(due.phase),
+                    _ => None,
                 };
+                scan = pass_key.is_some();
+                let mut index = due
+                    .key
+                    .or(pass_key)
+                    .unwrap_or_else(|| ctx.keys.sample(&mut book.rng));
                 if op != LoadOp::Get && !book.acked.is_empty() {
                     index = own_key(index, book.index, plan.connections as u64, plan.keys);
                 }
@@ -483,18 +486,6 @@ impl Slot {
 }
 
 impl Book {
-    /// Whether a get intended at `at` in `phase` takes this slot's next key of the --scan-at
-    /// pass rather than a drawn one.
-    fn scanning(&self, phase: Phase, at: Instant) -> bool {
-        let plan = &self.ctx.plan;
-        let Some(scan) = plan.scan else {
-            return false;
-        };
-        phase == Phase::Measured
-            && self.scan_from.is_some_and(|from| at >= from)
-            && self.scan_next < plan.keys + scan.count
-    }
-
     /// The operation of the next request due in `phase`.
     fn pick(&mut self, phase: Phase) -> LoadOp {
         match phase {

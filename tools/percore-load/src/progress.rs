@@ -29,7 +29,7 @@ struct Interval {
     counts: Counts,
 }
 
-/// One interval's cache lookups (the --scan-at pass left out) and hits.
+/// One interval's cache lookups (the --scan-after pass left out) and hits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CacheSecond {
     /// When the interval ended, in seconds after measure start (warmup's are 0 or less).

@@ -170,7 +170,7 @@ fn cache_summary(plan: &Plan, outcome: &Outcome) -> Value {
         "misses": lookups - hits,
         "fills": counts.ops[LoadOp::Set.index()],
         "scan": plan.scan.map(|scan| json!({
-            "at_s": scan.at.as_secs_f64(),
+            "after": scan.after,
             "keys": scan.count,
             "lookups": counts.scan_lookups,
             "misses": counts.scan_misses,

@@ -213,16 +213,6 @@ impl Schedule {
         }
     }
 
-    /// When measuring starts, for the measuring schedules.
-    pub fn measure_start(&self) -> Option<Instant> {
-        match self {
-            Schedule::Closed { measure_start, .. } | Schedule::Open { measure_start, .. } => {
-                Some(*measure_start)
-            }
-            Schedule::Prefill { .. } | Schedule::Verify { .. } => None,
-        }
-    }
-
     /// When sending stops by the clock.
     pub fn stop_at(&self) -> Option<Instant> {
         match self {

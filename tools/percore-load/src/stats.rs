@@ -175,7 +175,7 @@ pub struct Counts {
     /// --verify-keys: keys read back, and those that held their last acknowledged value.
     pub verify_checked: u64,
     pub verified: u64,
-    /// Cache workload: the gets of the --scan-at pass, and those of them that missed (also
+    /// Cache workload: the gets of the --scan-after pass, and those of them that missed (also
     /// counted in `ops` and `misses`, which the hit ratio leaves them out of).
     pub scan_lookups: u64,
     pub scan_misses: u64,
@@ -210,7 +210,7 @@ impl Counts {
         self.errors.iter().sum()
     }
 
-    /// Cache workload: the gets of drawn keys (the --scan-at pass left out), and how many hit.
+    /// Cache workload: the gets of drawn keys (the --scan-after pass left out), and how many hit.
     pub fn cache_lookups(&self) -> (u64, u64) {
         let lookups = self.ops[LoadOp::Get.index()].saturating_sub(self.scan_lookups);
         let misses = self.misses.saturating_sub(self.scan_misses);
@@ -302,7 +302,7 @@ impl Recorder {
         self.last_reply = Some(now);
     }
 
-    /// A get of the cache workload's --scan-at pass, answered rightly, after its
+    /// A get of the cache workload's --scan-after pass, answered rightly, after its
     /// [`Recorder::reply`].
     pub fn scan_lookup(&mut self, phase: Phase, missed: bool) {
         for (counts, counted) in [
