@@ -23,6 +23,23 @@
 //! another host's value: keys are not moved to other hosts, so a host coming back never serves
 //! stale copies written elsewhere meanwhile) and the client tries it again after
 //! [`FleetOptions::retry_after`]. The other hosts are not affected.
+//!
+//! ```no_run
+//! use percore::client::fleet::{FleetClient, FleetOptions};
+//!
+//! percore::runtime::block_on(async {
+//!     // Named as twemproxy names its servers (`- 10.0.0.1:11211:1 h0`), so both agree.
+//!     let hosts = [
+//!         ("h0".to_owned(), "10.0.0.1:7070".parse().unwrap()),
+//!         ("h1".to_owned(), "10.0.0.2:7070".parse().unwrap()),
+//!     ];
+//!     let mut fleet = FleetClient::new(&hosts, FleetOptions::default());
+//!     fleet.set(b"user:42", b"Ada", 0).await?;
+//!     assert_eq!(fleet.get(b"user:42").await?.map(|(v, _)| v), Some(b"Ada".to_vec()));
+//!     Ok::<(), percore::client::fleet::FleetError>(())
+//! })
+//! .unwrap();
+//! ```
 
 use std::future::Future;
 use std::net::SocketAddr;
