@@ -22,6 +22,8 @@
 # FLEET_SUBNET defaults to 10.221.14 (10.221.14.0/24, private; chosen to be unlikely to clash,
 # though only these namespaces ever see it). NAME defaults to pcfleet-PID.
 set -euo pipefail
+# ip and nutcracker live in sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 subnet=${FLEET_SUBNET:-10.221.14}
 here=$(cd "$(dirname "$0")" && pwd)

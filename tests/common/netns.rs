@@ -46,6 +46,20 @@ pub fn load_bin() -> PathBuf {
     bin
 }
 
+/// Debian's nutcracker: in PATH, or in /usr/sbin (which a PATH may lack).
+fn nutcracker_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nutcracker"))
+        .find(|bin| bin.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "nutcracker is not installed: run tools/install-test-deps.sh (Debian's nutcracker)"
+            )
+        })
+}
+
 /// Host `i`'s address.
 pub fn host_ip(i: usize) -> String {
     format!("{SUBNET}.{}", i + 1)
@@ -348,7 +362,7 @@ impl Fleet {
         }
         let conf = self.dir.join("nutcracker.yml");
         std::fs::write(&conf, self.nutcracker_config()).unwrap();
-        let mut command = Command::new("nutcracker");
+        let mut command = Command::new(nutcracker_bin());
         command
             .arg("-c")
             .arg(&conf)
