@@ -51,6 +51,8 @@ use crate::workload::{keyed_value, make_value, write_key, LoadOp};
 pub const LATE_SEND: Duration = Duration::from_millis(1);
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 64 << 10;
+/// How long a slot whose every due request went to a down host waits before the next try.
+const DOWN_RETRY_PAUSE: Duration = Duration::from_millis(1);
 /// Requests in flight per connection while prefilling (at least --pipeline).
 const PREFILL_PIPELINE: usize = 32;
 
@@ -218,7 +220,14 @@ impl Slot {
                 // The run is over: a miss seen now is not filled.
                 self.book.fills.clear();
             }
-            while !self.book.stopping && self.book.pending.len() < pipeline {
+            // Requests not sent because their host is down (--distribute). A closed loop stops
+            // after a pipeline's worth, so a slot whose keys all live on down hosts cannot
+            // spin without giving the core to its other tasks.
+            let mut refused = 0;
+            while !self.book.stopping
+                && self.book.pending.len() < pipeline
+                && (open || refused < pipeline)
+            {
                 if let Some(fill) = self.book.fills.pop_front() {
                     let Fill {
                         key,
@@ -230,7 +239,9 @@ impl Slot {
                         phase,
                         key: Some(key),
                     };
-                    self.issue(due, LoadOp::Set, 1, now);
+                    if !self.issue(due, LoadOp::Set, 1, now) {
+                        refused += 1;
+                    }
                     continue;
                 }
                 let Some(due) = schedule.due(now) else { break };
@@ -251,7 +262,9 @@ impl Slot {
                     }
                     _ => 1,
                 };
-                self.issue(due, op, keys as usize, now);
+                if !self.issue(due, op, keys as usize, now) {
+                    refused += 1;
+                }
             }
             if self.book.pending.len() >= pipeline {
                 was_full = true;
@@ -272,6 +285,11 @@ impl Slot {
             let exhausted = self.book.stopping || schedule.exhausted(Instant::now());
             if exhausted && self.book.pending.is_empty() {
                 return;
+            }
+            if refused > 0 && self.book.pending.is_empty() {
+                // Nothing in flight, all refused: wait a little before trying again.
+                runtime::sleep(DOWN_RETRY_PAUSE).await;
+                continue;
             }
             // Wake for the next send if there is room for it, for the end of the run, and for
             // the timeout of the requests in flight.
@@ -421,8 +439,8 @@ impl Slot {
     }
 
     /// Encodes one request (of `keys` keys for a get) into the output of the socket its key
-    /// belongs to.
-    fn issue(&mut self, due: Due, op: LoadOp, keys: usize, now: Instant) {
+    /// belongs to. False when it was not sent: its host is down (counted as `host_down`).
+    fn issue(&mut self, due: Due, op: LoadOp, keys: usize, now: Instant) -> bool {
         let book = &mut self.book;
         let ctx = &*book.ctx;
         let plan = &ctx.plan;
@@ -522,7 +540,7 @@ impl Slot {
                 tally.down += keys as u64;
                 tally.errors += keys as u64;
                 rec.error(ErrorKind::HostDown, keys as u64);
-                return;
+                return false;
             }
             tally.sent += keys as u64;
         }
@@ -558,6 +576,7 @@ impl Slot {
         if due.phase == Phase::Verify {
             rec.counts.verify_checked += 1;
         }
+        true
     }
 }
 
