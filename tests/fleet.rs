@@ -359,7 +359,9 @@ fn nutcracker_ejects(fleet: &Fleet) -> u64 {
 }
 
 /// Sends `get` of every key in `keys` to the memcached-protocol server at `addr` and returns
-/// the value of each (ASCII values only).
+/// the value of each (ASCII values only). A `SERVER_ERROR` (nutcracker's answer when it could
+/// not reach the server in time) is retried, as twemproxy asks of its clients; ten in a row for
+/// one key fail the test.
 fn memcached_get_all(addr: SocketAddr, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     stream
@@ -370,15 +372,27 @@ fn memcached_get_all(addr: SocketAddr, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>>
         let mut line = b"get ".to_vec();
         line.extend_from_slice(key);
         line.extend_from_slice(b"\r\n");
-        stream.write_all(&line).unwrap();
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !reply.ends_with(b"END\r\n") && !reply.starts_with(b"SERVER_ERROR") {
-            let n = stream.read(&mut buf).expect("get reply");
-            assert!(n > 0, "closed");
-            reply.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8(reply).expect("ASCII");
+        let mut attempts = 0;
+        let text = loop {
+            stream.write_all(&line).unwrap();
+            let mut reply = Vec::new();
+            let mut buf = [0u8; 4096];
+            let complete = |r: &[u8]| {
+                r.ends_with(b"END\r\n") || (r.starts_with(b"SERVER_ERROR") && r.ends_with(b"\r\n"))
+            };
+            while !complete(&reply) {
+                let n = stream.read(&mut buf).expect("get reply");
+                assert!(n > 0, "closed");
+                reply.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8(reply).expect("ASCII");
+            if !text.starts_with("SERVER_ERROR") {
+                break text;
+            }
+            attempts += 1;
+            assert!(attempts < 10, "get {key:?}: {text}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let found = text
             .strip_prefix("VALUE ")
             .and_then(|rest| rest.split_once("\r\n"))
@@ -661,7 +675,18 @@ fn spawn_load(mut command: std::process::Command, args: Vec<String>, name: &str)
 }
 
 impl Background {
-    fn finish(self) -> (Output, serde_json::Value) {
+    /// Waits for the end (killing it, and failing, if it runs 30 s: every run here is shorter)
+    /// and returns its output and JSON.
+    fn finish(mut self) -> (Output, serde_json::Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("percore-load did not end within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let out = self.child.wait_with_output().expect("percore-load ends");
         let text = std::fs::read_to_string(&self.json).unwrap_or_else(|_| {
             panic!(
@@ -674,6 +699,52 @@ impl Background {
         let _ = std::fs::remove_file(&self.json);
         (out, serde_json::from_str(&text).unwrap())
     }
+}
+
+#[test]
+fn a_closed_loop_whose_every_key_lives_on_a_killed_host_ends_on_time() {
+    let _turn = turn();
+    let mut fleet = Fleet::start(2, 1);
+    // One key, so every request goes to one host; kill that one and the slots have nothing
+    // left to send but requests that cannot go anywhere.
+    let names: Vec<String> = (0..2).map(|i| fleet.native_addr(i).to_string()).collect();
+    let owner = Ring::ketama(&names).host_of(&load_key(0));
+    let mut args = target_args(&fleet, |i| fleet.native_addr(i));
+    args.extend(
+        [
+            "--distribute",
+            "ketama",
+            "--workload",
+            "get",
+            "--keys",
+            "1",
+            "--duration",
+            "3s",
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+        ]
+        .map(String::from),
+    );
+    let started = Instant::now();
+    let run = spawn_load(fleet.command(load_bin()), args, &fleet.name);
+    std::thread::sleep(Duration::from_millis(1000));
+    fleet.kill_host(owner);
+    let (out, json) = run.finish();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a 3 s run took {:?}",
+        started.elapsed()
+    );
+    let hosts = json["hosts"].as_array().unwrap();
+    assert!(
+        hosts[owner]["host_down"].as_u64().unwrap() > 0,
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(hosts[1 - owner]["sent"], 0, "{}", stdout(&out));
+    assert_eq!(json["errors"]["corrupt_value"], 0);
 }
 
 #[test]
