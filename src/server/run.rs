@@ -15,7 +15,7 @@ use super::peer;
 use super::shard::{Global, Shard, ShardMeshEnds};
 use super::CoreEvent;
 use crate::config::Config;
-use crate::metrics::{Metrics, ShardReport};
+use crate::metrics::{ClosedBy, Metrics, ShardReport};
 use crate::ops;
 use crate::protocol::{OpKind, Reply};
 use crate::runtime::net::{Conn, Listener};
@@ -35,6 +35,8 @@ pub struct ShardSetup {
     /// Each listener and the protocol it serves.
     pub listeners: Vec<(Socket, Protocol)>,
     pub shard_ports: Vec<u16>,
+    /// The `--metrics-listen` socket, for the one core that serves it.
+    pub metrics_listener: Option<Socket>,
     pub mesh: ShardMeshEnds,
     /// Told once this core is connected to its peers and accepting.
     pub ready: std::sync::mpsc::Sender<CoreEvent>,
@@ -58,6 +60,12 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
             shard.clone(),
             Listener::adopt(socket),
             protocol,
+        ));
+    }
+    if let Some(socket) = setup.metrics_listener {
+        runtime::spawn(super::metrics_http::serve(
+            shard.clone(),
+            Listener::adopt(socket),
         ));
     }
     let mut peer_tasks = Vec::new();
@@ -257,6 +265,10 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
     let shard = shard.clone();
     runtime::spawn(async move {
         connection::serve(&shard, conn, &shared, protocol).await;
+        shard
+            .metrics
+            .borrow_mut()
+            .connection_closed(closed_by(shared.close.get()));
         shard.connections.borrow_mut().remove(key);
         shard.global.close();
         shard.metrics.borrow_mut().connections_open -= 1;
@@ -265,6 +277,17 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
         }
     });
     Admitted::Served
+}
+
+/// The closed-by-reason counter a connection's end goes to.
+fn closed_by(reason: Option<CloseReason>) -> ClosedBy {
+    match reason {
+        None => ClosedBy::Other,
+        Some(CloseReason::IdleTimeout) => ClosedBy::IdleTimeout,
+        Some(CloseReason::FrameTimeout) => ClosedBy::FrameTimeout,
+        Some(CloseReason::SlowReader) => ClosedBy::SlowReader,
+        Some(CloseReason::DrainTimeout) => ClosedBy::DrainTimeout,
+    }
 }
 
 /// Logs a failed accept, unless this core logged one less than [`ACCEPT_LOG_EVERY`] ago: then

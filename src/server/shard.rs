@@ -210,6 +210,20 @@ impl Shard {
         stats
     }
 
+    /// This core's part of a `/metrics` scrape.
+    pub fn metrics_snapshot(&self) -> crate::metrics::CoreSnapshot {
+        let store = self.store.borrow().stats();
+        let mut by_status = [0; crate::metrics::STATUS_COUNT];
+        for (status, n) in self.encoder.borrow().replies_by_status() {
+            if let Some(slot) = by_status.get_mut(status.0 as usize) {
+                *slot = n;
+            }
+        }
+        self.metrics
+            .borrow()
+            .snapshot(self.cpu, &store, by_status, self.compute.len())
+    }
+
     pub(super) fn begin_drain(&self) {
         self.draining.set();
         for (_, conn) in self.connections.borrow().iter() {
