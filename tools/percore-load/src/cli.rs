@@ -173,6 +173,9 @@ pub struct Args {
     /// No progress lines on stderr
     #[arg(long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub plot: crate::plot::PlotArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -229,6 +232,7 @@ pub struct Plan {
     pub hgrm: Option<PathBuf>,
     pub hlog: Option<PathBuf>,
     pub quiet: bool,
+    pub plot: crate::plot::PlotArgs,
 }
 
 impl Plan {
@@ -367,6 +371,7 @@ impl Plan {
             hgrm: args.hgrm,
             hlog: args.hlog,
             quiet: args.quiet,
+            plot: args.plot,
         })
     }
 
