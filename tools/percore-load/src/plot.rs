@@ -59,6 +59,19 @@ pub struct PlotArgs {
     /// Name of this run's lines on the --plot (beside each operation's name)
     #[arg(long = "plot-label", value_name = "TEXT", requires = "path")]
     pub label: Option<String>,
+
+    /// The --plot's latency axis: linear (as the HdrHistogram plotter draws it) or log (for
+    /// lines that differ by orders of magnitude)
+    #[arg(long = "plot-y", value_enum, default_value_t = YScale::Linear, requires = "path")]
+    pub y_scale: YScale,
+}
+
+/// The latency axis of a plot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum YScale {
+    #[default]
+    Linear,
+    Log,
 }
 
 /// One line on the plot: (quantile, milliseconds) points, quantiles below 1.
@@ -101,19 +114,19 @@ impl Curve {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let curve = Curve {
-            label,
-            points: parse_hgrm(&text).with_context(|| format!("--plot-with {}", path.display()))?,
-            dashed: false,
-        };
-        if curve.points.is_empty() {
+        if !text.lines().any(|l| l.trim_start().starts_with("Value")) {
             bail!(
-                "--plot-with {}: no percentile rows (an HdrHistogram distribution, as --hgrm \
-                 writes, has lines `Value Percentile TotalCount 1/(1-Percentile)`)",
+                "--plot-with {}: not an HdrHistogram percentile distribution (as --hgrm writes: \
+                 a `Value Percentile TotalCount 1/(1-Percentile)` header, then its rows)",
                 path.display()
             );
         }
-        Ok(curve)
+        // A run that got no replies writes a distribution without rows: nothing to draw.
+        Ok(Curve {
+            label,
+            points: parse_hgrm(&text).with_context(|| format!("--plot-with {}", path.display()))?,
+            dashed: false,
+        })
     }
 }
 
@@ -160,7 +173,7 @@ pub fn write(plan: &Plan, outcome: &Outcome, overlays: Vec<Curve>) -> anyhow::Re
     };
     let mut curves = run_curves(plan, outcome);
     curves.extend(overlays);
-    draw(path, &plan.describe(), &curves)
+    draw(path, &plan.describe(), &curves, plan.plot.y_scale)
 }
 
 /// The (quantile, value) rows of an HdrHistogram percentile distribution, quantiles below 1.
@@ -205,8 +218,20 @@ fn percentile_label(x: f64) -> String {
     format!("{p:.decimals$}%")
 }
 
+/// A latency in milliseconds with the decimals its magnitude needs.
+fn ms_label(y: f64) -> String {
+    let decimals = match y.abs() {
+        y if y >= 100.0 => 0,
+        y if y >= 10.0 => 1,
+        y if y >= 1.0 => 2,
+        y if y >= 0.1 => 3,
+        _ => 4,
+    };
+    format!("{y:.decimals$}")
+}
+
 /// Draws `curves` into the SVG file `path`.
-pub fn draw(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()> {
+pub fn draw(path: &Path, title: &str, curves: &[Curve], y_scale: YScale) -> anyhow::Result<()> {
     let drawn: Vec<&Curve> = curves.iter().filter(|c| !c.points.is_empty()).collect();
     if drawn.is_empty() {
         bail!("--plot {}: no latencies to draw", path.display());
@@ -222,65 +247,83 @@ pub fn draw(path: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()> {
         .flat_map(|c| c.points.iter().map(|&(_, v)| v))
         .fold(0.0f64, f64::max);
     let max_y = if max_y > 0.0 { max_y * 1.08 } else { 1.0 };
-    let y_decimals = match max_y {
-        y if y >= 100.0 => 0,
-        y if y >= 10.0 => 1,
-        y if y >= 1.0 => 2,
-        _ => 3,
+    // A log axis starts just below the smallest latency above zero (zeros sit on it).
+    let min_y = drawn
+        .iter()
+        .flat_map(|c| c.points.iter().map(|&(_, v)| v))
+        .filter(|&v| v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let min_y = if min_y.is_finite() {
+        min_y * 0.8
+    } else {
+        max_y / 1e3
     };
 
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("--plot {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| failed(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d((1.0..max_x).log_scale(), 0.0..max_y)
-        .map_err(|e| failed(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile (1/(1-p) scale)")
-        .y_desc("latency, ms")
-        .x_label_formatter(&|x| percentile_label(*x))
-        .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
-        .draw()
-        .map_err(|e| failed(&e))?;
-    let mut colour = 0;
-    for (i, curve) in drawn.iter().enumerate() {
-        // A dashed service time takes the colour of the latency drawn just before it.
-        if i > 0 && !curve.dashed {
-            colour += 1;
-        }
-        let style = COLOURS[colour % COLOURS.len()].stroke_width(2);
-        let points: Vec<(f64, f64)> = curve.points.iter().map(|&(q, v)| (x_of(q), v)).collect();
-        let label = curve.label.as_str();
-        if curve.dashed {
+    // The two axes make charts of different types; the drawing is the same.
+    macro_rules! draw_with_y {
+        ($y_range:expr, $floor:expr) => {{
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 20))
+                .margin(20)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d((1.0..max_x).log_scale(), $y_range)
+                .map_err(|e| failed(&e))?;
             chart
-                .draw_series(DashedLineSeries::new(points, 8, 5, style))
-                .map_err(|e| failed(&e))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    EmptyElement::at((x, y))
-                        + PathElement::new(vec![(0, 0), (9, 0)], style)
-                        + PathElement::new(vec![(15, 0), (24, 0)], style)
-                });
-        } else {
+                .configure_mesh()
+                .x_desc("percentile (1/(1-p) scale)")
+                .y_desc("latency, ms")
+                .x_label_formatter(&|x| percentile_label(*x))
+                .y_label_formatter(&|y| ms_label(*y))
+                .draw()
+                .map_err(|e| failed(&e))?;
+            let mut colour = 0;
+            for (i, curve) in drawn.iter().enumerate() {
+                // A dashed service time takes the colour of the latency drawn just before it.
+                if i > 0 && !curve.dashed {
+                    colour += 1;
+                }
+                let style = COLOURS[colour % COLOURS.len()].stroke_width(2);
+                let points: Vec<(f64, f64)> = curve
+                    .points
+                    .iter()
+                    .map(|&(q, v)| (x_of(q), v.max($floor)))
+                    .collect();
+                let label = curve.label.as_str();
+                if curve.dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(points, 8, 5, style))
+                        .map_err(|e| failed(&e))?
+                        .label(label)
+                        .legend(move |(x, y)| {
+                            EmptyElement::at((x, y))
+                                + PathElement::new(vec![(0, 0), (9, 0)], style)
+                                + PathElement::new(vec![(15, 0), (24, 0)], style)
+                        });
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(points, style))
+                        .map_err(|e| failed(&e))?
+                        .label(label)
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
+                }
+            }
             chart
-                .draw_series(LineSeries::new(points, style))
-                .map_err(|e| failed(&e))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
-        }
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| failed(&e))?;
+        }};
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| failed(&e))?;
+    match y_scale {
+        YScale::Linear => draw_with_y!(0.0..max_y, 0.0),
+        YScale::Log => draw_with_y!((min_y..max_y).log_scale(), min_y),
+    }
     root.present().map_err(|e| failed(&e))?;
     Ok(())
 }
@@ -315,6 +358,16 @@ mod tests {
         assert!(parse_hgrm("1.0 0.5 10 2.0\nnonsense here\n").is_err());
         assert!(parse_hgrm("1.0 1.5 10\n").is_err());
         assert!(parse_hgrm("# only comments\n").unwrap().is_empty());
+        // An empty run's distribution reads as an empty line; a file that is none is refused.
+        let dir = std::env::temp_dir().join(format!("percore-hgrm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.hgrm");
+        std::fs::write(&empty, percentile_distribution(&new_histogram(), NS_PER_MS)).unwrap();
+        assert!(Curve::read_hgrm(&empty).unwrap().points.is_empty());
+        let other = dir.join("other.hgrm");
+        std::fs::write(&other, "percore listening on 127.0.0.1:1\n").unwrap();
+        assert!(Curve::read_hgrm(&other).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -339,14 +392,24 @@ mod tests {
             Curve::from_histogram("get latency".into(), &h, false),
             Curve::from_histogram("get service".into(), &h, true),
         ];
-        draw(&path, "test", &curves).unwrap();
+        draw(&path, "test", &curves, YScale::Linear).unwrap();
+        let linear = std::fs::read_to_string(&path).unwrap();
+        draw(&path, "test", &curves, YScale::Log).unwrap();
+        assert_ne!(std::fs::read_to_string(&path).unwrap(), linear);
+        draw(&path, "test", &curves, YScale::Linear).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
         for text in ["get latency", "get service", "99.9%", "latency, ms"] {
             assert!(svg.contains(text), "no {text} in the SVG");
         }
-        assert!(draw(Path::new("/nonexistent/dir/p.svg"), "t", &curves).is_err());
-        assert!(draw(Path::new("x.svg"), "t", &[]).is_err());
+        assert!(draw(
+            Path::new("/nonexistent/dir/p.svg"),
+            "t",
+            &curves,
+            YScale::Log
+        )
+        .is_err());
+        assert!(draw(Path::new("x.svg"), "t", &[], YScale::Linear).is_err());
     }
 }
