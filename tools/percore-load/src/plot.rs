@@ -268,6 +268,7 @@ pub fn draw(path: &Path, title: &str, curves: &[Curve], y_scale: YScale) -> anyh
             let mut chart = ChartBuilder::on(&root)
                 .caption(title, ("sans-serif", 20))
                 .margin(20)
+                .margin_right(50)
                 .x_label_area_size(50)
                 .y_label_area_size(70)
                 .build_cartesian_2d((1.0..max_x).log_scale(), $y_range)
@@ -313,7 +314,8 @@ pub fn draw(path: &Path, title: &str, curves: &[Curve], y_scale: YScale) -> anyh
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                // Latency rises to the right: the lower right is where the lines are not.
+                .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()
@@ -322,7 +324,7 @@ pub fn draw(path: &Path, title: &str, curves: &[Curve], y_scale: YScale) -> anyh
     }
     match y_scale {
         YScale::Linear => draw_with_y!(0.0..max_y, 0.0),
-        YScale::Log => draw_with_y!((min_y..max_y).log_scale(), min_y),
+        YScale::Log => draw_with_y!((min_y..max_y * 1.5).log_scale(), min_y),
     }
     root.present().map_err(|e| failed(&e))?;
     Ok(())
