@@ -372,3 +372,44 @@ fn prometheus_scrapes_exactly_the_requests_sent() {
     drop(prometheus);
     server.stop(Duration::from_secs(10));
 }
+
+#[test]
+fn connections_closed_by_a_timeout_are_counted_by_reason() {
+    let server = Server::start(&[
+        "--cores",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "300ms",
+        "--frame-timeout",
+        "300ms",
+    ]);
+    let metrics = server.metrics.unwrap();
+    let idle = TcpStream::connect(server.addr).unwrap();
+    let mut partial = TcpStream::connect(server.addr).unwrap();
+    // Half a length prefix: a frame that has started and never completes.
+    partial.write_all(&[8, 0]).unwrap();
+    let mut left = Wire::connect(server.addr);
+    left.ping(1);
+    drop(left);
+    let closed = |reason: &str| {
+        let (_, text) = scrape(metrics, "text/plain");
+        let series = format!("percore_connections_closed_total{{core=\"0\",reason=\"{reason}\"}}");
+        sample(&text, &series).unwrap_or_else(|| panic!("no {series}:\n{text}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closed("idle_timeout") + closed("frame_timeout") + closed("other") < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the connections were not all closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(closed("idle_timeout"), 1.0);
+    assert_eq!(closed("frame_timeout"), 1.0);
+    assert_eq!(closed("other"), 1.0, "the client that left");
+    assert_eq!(closed("slow_reader"), 0.0);
+    drop((idle, partial));
+    server.stop(Duration::from_secs(10));
+}
