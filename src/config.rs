@@ -225,6 +225,11 @@ pub struct Options {
     #[arg(long, value_name = "CIDR[,CIDR...]")]
     pub allow: Option<AllowList>,
 
+    /// Serve Prometheus metrics (GET /metrics, classic text or OpenMetrics) on this address,
+    /// from the first core [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Core i also listens alone on port BASE+i, for shard-aware clients [default: off]
     #[arg(long, value_name = "BASE")]
     pub shard_ports: Option<u16>,
@@ -266,6 +271,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub memcached_listen: Option<SocketAddr>,
     pub allow: AllowList,
+
+    pub metrics_listen: Option<SocketAddr>,
     pub cpus: Vec<usize>,
     pub memory: u64,
     pub max_connections: usize,
@@ -312,6 +319,7 @@ impl Options {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7070))),
             memcached_listen: self.memcached_listen.or(file.memcached_listen),
             allow: self.allow.or(file.allow).unwrap_or_default(),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             cpus,
             memory: pick!(memory, Size(256 << 20)).0,
             max_connections: pick!(max_connections, 10_000),
@@ -518,6 +526,7 @@ mod tests {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             memcached_listen: None,
             allow: AllowList::loopback(),
+            metrics_listen: None,
             cpus: (0..cores).collect(),
             memory: 256 << 20,
             max_connections: 10_000,

@@ -17,7 +17,8 @@
 //!   percore's: the server's parser and replies, and [`memcache::client`], which encodes
 //!   commands and splits replies for the load generator and the tests.
 //! - [`ops`]: what each operation does; [`store`]: one core's shard of the cache.
-//! - [`metrics`]: per-core counters and latency histograms, and the exit report.
+//! - [`metrics`]: per-core counters and latency histograms, and the exit report;
+//!   [`exposition`]: the same as Prometheus series for `--metrics-listen`.
 //! - [`client`]: an async client with pipelining, used by the tests and `percore-load`.
 //! - [`config`]: command line and config file, with [`allow`], the client networks admitted;
 //!   [`error`]: request errors and their statuses.
@@ -26,6 +27,7 @@ pub mod allow;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod exposition;
 pub mod memcache;
 pub mod metrics;
 pub mod ops;

@@ -2,14 +2,17 @@
 //!
 //! Each core owns its [`Metrics`]: plain integers and HdrHistograms touched only by that core.
 //! At exit every core hands its metrics to the main thread, which merges them into the
-//! [`ExitReport`] printed on stdout.
+//! [`ExitReport`] printed on stdout. While the server runs, a core sums up its metrics into a
+//! [`CoreSnapshot`] when `--metrics-listen` asks for them (over the mesh, like Stats); the
+//! snapshot carries each service-time histogram already cut into Prometheus buckets, so what
+//! travels between cores is a few kilobytes, not the HdrHistograms.
 
 use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::protocol::{OpKind, ShardStats};
+use crate::protocol::{OpKind, ShardStats, Status};
 use crate::store::StoreStats;
 
 /// Service times above this are recorded as this (10 s).
@@ -18,6 +21,119 @@ const MAX_RECORDED_NS: u64 = 10_000_000_000;
 fn new_histogram() -> Histogram<u64> {
     // 1 ns resolution, 3 significant digits: about 0.1% error at any magnitude.
     Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("constant bounds are valid")
+}
+
+/// Why a connection ended, for the closed-by-reason counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// The client left, the socket failed, or the stream broke the protocol.
+    Other,
+    IdleTimeout,
+    FrameTimeout,
+    SlowReader,
+    DrainTimeout,
+}
+
+impl ClosedBy {
+    pub const COUNT: usize = 5;
+    pub const ALL: [ClosedBy; ClosedBy::COUNT] = [
+        ClosedBy::Other,
+        ClosedBy::IdleTimeout,
+        ClosedBy::FrameTimeout,
+        ClosedBy::SlowReader,
+        ClosedBy::DrainTimeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClosedBy::Other => "other",
+            ClosedBy::IdleTimeout => "idle_timeout",
+            ClosedBy::FrameTimeout => "frame_timeout",
+            ClosedBy::SlowReader => "slow_reader",
+            ClosedBy::DrainTimeout => "drain_timeout",
+        }
+    }
+}
+
+/// Upper bounds of the service-time histogram's buckets in `/metrics`, in nanoseconds: 1, 2.5,
+/// 5 per decade from 1 us to 1 s.
+pub const LATENCY_BUCKETS_NS: [u64; 19] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// Statuses a native reply can carry.
+pub const STATUS_COUNT: usize = Status::ENUM_MAX as usize + 1;
+
+/// One operation's service times cut into [`LATENCY_BUCKETS_NS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    /// Samples in each bucket (not cumulative); the last one holds those above 1 s.
+    pub per_bucket: [u64; LATENCY_BUCKETS_NS.len() + 1],
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+impl LatencyBuckets {
+    /// Cuts `h` into buckets. A sample counts in the bucket of the lowest value its
+    /// HdrHistogram slot stands for, so a bucket's bound is met within the histogram's 0.1%.
+    pub fn from_histogram(h: &Histogram<u64>, sum_ns: u64) -> LatencyBuckets {
+        let mut per_bucket = [0; LATENCY_BUCKETS_NS.len() + 1];
+        for slot in h.iter_recorded() {
+            let value = h.lowest_equivalent(slot.value_iterated_to());
+            let bucket = LATENCY_BUCKETS_NS.partition_point(|&bound| bound < value);
+            per_bucket[bucket] += slot.count_at_value();
+        }
+        LatencyBuckets {
+            per_bucket,
+            count: h.len(),
+            sum_ns,
+        }
+    }
+}
+
+/// What one core tells a scrape of `/metrics`: its counters, its store's, and its service
+/// times in Prometheus buckets.
+#[derive(Debug, Clone)]
+pub struct CoreSnapshot {
+    pub core: u32,
+    pub cpu: usize,
+    /// Requests read, by operation, over both protocols.
+    pub requests: [u64; OpKind::COUNT],
+    /// Of `requests`, those read over memcached's text protocol.
+    pub memcache_requests: [u64; OpKind::COUNT],
+    /// Native replies encoded, by status value.
+    pub replies: [u64; STATUS_COUNT],
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_disallowed: u64,
+    pub accept_errors: u64,
+    pub closed: [u64; ClosedBy::COUNT],
+    pub forwarded: u64,
+    pub rejected: u64,
+    pub unanswered: u64,
+    pub compute_queue_depth: u64,
+    pub compute_overloaded: u64,
+    pub store: StoreStats,
+    pub latency: [LatencyBuckets; OpKind::COUNT],
 }
 
 /// One core's counters and histograms.
@@ -42,6 +158,14 @@ pub struct Metrics {
     pub gathers: u64,
     /// Service time (read to reply queued for writing) by operation, in nanoseconds.
     pub latency: [Histogram<u64>; OpKind::COUNT],
+    /// Of `requests`, those read over memcached's text protocol.
+    pub memcache_requests: [u64; OpKind::COUNT],
+    /// Connections ended, by why.
+    pub closed: [u64; ClosedBy::COUNT],
+    /// Compute requests answered `Overloaded` because the compute queue was full.
+    pub compute_overloaded: u64,
+    /// The sum of the service times in `latency`, in nanoseconds (for the Prometheus `_sum`).
+    pub latency_sum_ns: [u64; OpKind::COUNT],
 }
 
 impl Metrics {
@@ -59,6 +183,10 @@ impl Metrics {
             forwarded: 0,
             gathers: 0,
             latency: std::array::from_fn(|_| new_histogram()),
+            memcache_requests: [0; OpKind::COUNT],
+            closed: [0; ClosedBy::COUNT],
+            compute_overloaded: 0,
+            latency_sum_ns: [0; OpKind::COUNT],
         }
     }
 
@@ -71,8 +199,49 @@ impl Metrics {
     /// Records `count` answered requests of `kind` that each took `elapsed`.
     #[inline]
     pub fn record_n(&mut self, kind: OpKind, elapsed: Duration, count: u64) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.latency[kind.index()].saturating_record_n(ns.clamp(1, MAX_RECORDED_NS), count);
+        let ns = u64::try_from(elapsed.as_nanos())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_RECORDED_NS);
+        self.latency[kind.index()].saturating_record_n(ns, count);
+        let sum = &mut self.latency_sum_ns[kind.index()];
+        *sum = sum.saturating_add(ns.saturating_mul(count));
+    }
+
+    /// A connection ended, for `reason`.
+    pub fn connection_closed(&mut self, reason: ClosedBy) {
+        self.closed[reason as usize] += 1;
+    }
+
+    /// This core's part of a `/metrics` scrape.
+    pub fn snapshot(
+        &self,
+        cpu: usize,
+        store: &StoreStats,
+        replies: [u64; STATUS_COUNT],
+        compute_queue_depth: usize,
+    ) -> CoreSnapshot {
+        CoreSnapshot {
+            core: self.shard,
+            cpu,
+            requests: self.requests,
+            memcache_requests: self.memcache_requests,
+            replies,
+            connections_open: self.connections_open,
+            connections_accepted: self.connections_accepted,
+            connections_refused: self.connections_refused,
+            connections_disallowed: self.connections_disallowed,
+            accept_errors: self.accept_errors,
+            closed: self.closed,
+            forwarded: self.forwarded,
+            rejected: self.rejected,
+            unanswered: self.unanswered,
+            compute_queue_depth: compute_queue_depth as u64,
+            compute_overloaded: self.compute_overloaded,
+            store: *store,
+            latency: std::array::from_fn(|i| {
+                LatencyBuckets::from_histogram(&self.latency[i], self.latency_sum_ns[i])
+            }),
+        }
     }
 
     /// The counters `Stats` reports for this core.
@@ -230,5 +399,32 @@ impl fmt::Display for ExitReport {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_times_fall_in_the_bucket_of_their_bound() {
+        let mut m = Metrics::new(0);
+        // On a bound, just past it, far past the last one.
+        m.record(OpKind::Get, Duration::from_micros(1));
+        m.record(OpKind::Get, Duration::from_nanos(1_000_000));
+        m.record_n(OpKind::Get, Duration::from_micros(1_100), 2);
+        m.record(OpKind::Get, Duration::from_secs(3));
+        let b = LatencyBuckets::from_histogram(&m.latency[OpKind::Get.index()], 0);
+        let at = |ns: u64| LATENCY_BUCKETS_NS.iter().position(|&b| b == ns).unwrap();
+        assert_eq!(b.per_bucket[at(1_000)], 1);
+        assert_eq!(b.per_bucket[at(1_000_000)], 1);
+        assert_eq!(b.per_bucket[at(2_500_000)], 2);
+        assert_eq!(b.per_bucket[LATENCY_BUCKETS_NS.len()], 1);
+        assert_eq!(b.per_bucket.iter().sum::<u64>(), 5);
+        assert_eq!(b.count, 5);
+        assert_eq!(
+            m.latency_sum_ns[OpKind::Get.index()],
+            1_000 + 1_000_000 + 2_200_000 + 3_000_000_000
+        );
     }
 }

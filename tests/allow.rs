@@ -1,5 +1,5 @@
 //! `--allow`: a connection from outside the listed networks is closed at accept on every
-//! listener, counted in the exit report and logged at most once a second per core; a listener
+//! listener (native, shard ports, memcached, metrics), counted in the exit report and logged at most once a second per core; a listener
 //! reachable beyond loopback while only loopback is admitted warns at start. The clients here
 //! are sources of 127.0.0.0/8 (all loopback on Linux); tests/fleet.rs checks the same across
 //! network namespaces.
@@ -40,6 +40,8 @@ fn only_clients_inside_allow_are_served_on_every_listener() {
             "127.0.0.2,127.0.9.0/24",
             "--memcached-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--shard-ports",
             &base.to_string(),
         ],
@@ -48,6 +50,7 @@ fn only_clients_inside_allow_are_served_on_every_listener() {
         },
     );
     let memcached = server.memcached.expect("a memcached listener");
+    let metrics = server.metrics.expect("a metrics listener");
     let mut native: Vec<SocketAddr> = vec![server.addr];
     native.extend(
         server
@@ -64,10 +67,17 @@ fn only_clients_inside_allow_are_served_on_every_listener() {
         }
         let mut text = Wire::connect_from(ip(source), memcached);
         assert!(memcached_version(&mut text).starts_with("VERSION "));
+        let mut scrape = Wire::connect_from(ip(source), metrics);
+        scrape.send(b"GET /metrics HTTP/1.1\r\nHost: percore\r\nConnection: close\r\n\r\n");
+        let reply = scrape.expect_end(Instant::now() + Duration::from_secs(10));
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200"),
+            "{source} scraped: {reply:?}"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for source in ["127.0.0.1", "127.0.0.3", "127.0.10.1"] {
-        for &addr in native.iter().chain([&memcached]) {
+        for &addr in native.iter().chain([&memcached, &metrics]) {
             // Closed before the server reads a byte: nothing needs sending to find out.
             let said = Wire::connect_from(ip(source), addr).expect_end(deadline);
             assert!(said.is_empty(), "{source} -> {addr} was answered: {said:?}");
@@ -75,8 +85,17 @@ fn only_clients_inside_allow_are_served_on_every_listener() {
         }
     }
     let elapsed = started.elapsed();
-    // The clients that were allowed are still served.
+    // The clients that were allowed are still served, and /metrics counts the refusals.
     Wire::connect_from(ip("127.0.0.2"), server.addr).ping(8);
+    let mut scrape = Wire::connect_from(ip("127.0.0.2"), metrics);
+    scrape.send(b"GET /metrics HTTP/1.1\r\nHost: percore\r\nConnection: close\r\n\r\n");
+    let page = String::from_utf8(scrape.expect_end(deadline)).unwrap();
+    let counted: u64 = page
+        .lines()
+        .filter(|l| l.starts_with("percore_connections_disallowed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, refused, "{page}");
 
     let stopped = server.stop(Duration::from_secs(10));
     assert!(stopped.status.success(), "{}", stopped.stderr);

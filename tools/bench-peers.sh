@@ -18,7 +18,9 @@
 # and marked with a dagger.
 #
 # Prints a markdown report (medians, ratios percore / peer, requests per server CPU-second) and
-# writes it, with every run's raw numbers, under OUT_DIR. Every server it starts is killed on exit.
+# writes it, with every run's raw numbers, under OUT_DIR; the last open-loop round also draws one
+# latency plot per scenario with every server on it (OUT_DIR/plots/SCENARIO.svg, from
+# percore-load --hgrm, --plot and --plot-with). Every server it starts is killed on exit.
 #
 # Settings (environment): RUNS [3], DURATION [5s], WARMUP [500ms], SERVER_CPUS [0], LOAD_CPUS [1],
 # CONNECTIONS [32], KEYS [100000], RATE_FRACTION [0.7], STALL_LIMIT [0.05], RETRIES [1],
@@ -92,7 +94,8 @@ STALL_LIMIT = float(env["STALL_LIMIT"])
 RETRIES = int(env["RETRIES"])
 OUT_DIR = env["OUT_DIR"]
 PIDS_FILE = env["PIDS_FILE"]
-BIN = "target/release"
+# Where `cargo build --release` put the binaries.
+BIN = os.path.join(env.get("CARGO_TARGET_DIR") or "target", "release")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -154,6 +157,9 @@ def server_command(name, port):
         if os.geteuid() == 0:
             cmd += ["-u", "nobody"]
         return cmd
+    if name == "peer-echo":
+        # The glommio engine: percore's runtime under no protocol (--engine epoll is the floor).
+        return [f"{BIN}/{name}", "--listen", addr, "--cores", str(CORES), "--engine", "glommio"]
     return [f"{BIN}/{name}", "--listen", addr, "--cores", str(CORES)]
 
 
@@ -279,6 +285,8 @@ def run_matrix(servers, mode, rates):
                 cell = cells.setdefault((name, sname), {"clean": [], "stalled": [], "failed": []})
                 rate = rates.get(name) if mode == "open" else None
                 warm = ["--duration", DURATION, "--warmup", WARMUP]
+                if mode == "open" and run == RUNS - 1:
+                    warm += plot_args(name, sname, names)
                 for attempt in range(RETRIES + 1):
                     tag = f"{mode} {name} {sname} run {run + 1} attempt {attempt + 1}"
                     r = run_load(server, load_command(server, extra + warm, os.path.join(
@@ -294,6 +302,33 @@ def run_matrix(servers, mode, rates):
                     if kind != "stalled":
                         break
     return cells
+
+
+PLOTS = os.path.join(OUT_DIR, "plots")
+
+
+def plot_args(scenario, sname, names):
+    """The last open-loop round writes each server's distribution (--hgrm) under
+    plots/SCENARIO/, and the round's last server draws plots/SCENARIO.svg with every earlier
+    server's distribution overlaid (--plot-with): one picture per scenario, every server on it.
+    Only files that exist are overlaid, so a failed run of one server cannot fail another's."""
+    folder = os.path.join(PLOTS, scenario)
+    os.makedirs(folder, exist_ok=True)
+    args = ["--hgrm", os.path.join(folder, f"{sname}.hgrm")]
+    if sname != names[-1]:
+        return args
+    overlays = []
+    for other in names[:-1]:
+        files = sorted(f for f in os.listdir(folder)
+                       if f.startswith(other + ".") and f.endswith(".hgrm"))
+        per_op = [f for f in files if f != f"{other}.hgrm"]
+        overlays += [os.path.join(folder, f) for f in (per_op or files)]
+    # A log latency axis: servers a scenario compares can differ by orders of magnitude.
+    args += ["--plot", os.path.join(PLOTS, f"{scenario}.svg"), "--plot-label", sname,
+             "--plot-y", "log"]
+    if overlays:
+        args += ["--plot-with", ",".join(overlays)]
+    return args
 
 
 def usable(cell):
@@ -484,7 +519,14 @@ def main():
         "**Goals**",
         "",
         goals(closed, opened),
-    ]
+        "",
+        "**Latency plots** (last open-loop round: x the percentile on the 1/(1-p) scale, y the "
+        "latency from the intended send time; the server drawn last also has its service time "
+        "from the actual send, dashed)",
+        "",
+    ] + [f"- {title}: ![{name}](plots/{name}.svg) `{OUT_DIR}/plots/{name}.svg`"
+         for name, title, *_ in SCENARIOS
+         if os.path.exists(os.path.join(PLOTS, f"{name}.svg"))]
     text = "\n".join(report) + "\n"
     print(text)
     with open(os.path.join(OUT_DIR, "report.md"), "w") as f:

@@ -3,7 +3,8 @@
 # tests/memcached_third_party.rs) need on a fresh Debian machine, as root:
 #   - memcached: the reference server the suite is validated against (MEMCACHED_UNDER_TEST=memcached)
 #   - libmemcached-tools: memccapable and memcaslap, libmemcached's protocol checker and load tool
-#   - nutcracker, prometheus: other people's software for later front-end checks
+#   - prometheus: promtool and a Prometheus server for tests/prometheus.rs
+#   - nutcracker: twemproxy, in front of the fleet of tests/fleet.rs
 #   - iproute2: `ip`, which tools/fleet.sh and tests/fleet.rs make their network namespaces with
 #   - Python packages pinned in tests/memcached/requirements.txt (pytest, pymemcache, python-memcached)
 # Idempotent and quiet: packages already present are left alone, and apt-get update runs at most

@@ -165,6 +165,9 @@ pub enum Reply<'a> {
 pub struct ResponseEncoder {
     fbb: FlatBufferBuilder<'static>,
     scratch: String,
+    /// Replies encoded so far, by status (indexed by the status's value): the encoder is the
+    /// one place every native reply passes, so counting here misses none.
+    replies: [u64; Status::ENUM_MAX as usize + 1],
 }
 
 impl Default for ResponseEncoder {
@@ -178,6 +181,7 @@ impl ResponseEncoder {
         ResponseEncoder {
             fbb: FlatBufferBuilder::with_capacity(4096),
             scratch: String::with_capacity(128),
+            replies: [0; Status::ENUM_MAX as usize + 1],
         }
     }
 
@@ -189,8 +193,22 @@ impl ResponseEncoder {
         }
     }
 
+    /// Replies encoded so far with each status.
+    pub fn replies_by_status(&self) -> impl Iterator<Item = (Status, u64)> + '_ {
+        Status::ENUM_VALUES
+            .iter()
+            .map(|&status| (status, self.replies[status.0 as usize]))
+    }
+
+    fn count(&mut self, status: Status) {
+        if let Some(n) = self.replies.get_mut(status.0 as usize) {
+            *n += 1;
+        }
+    }
+
     /// Appends a successful reply to request `id`.
     pub fn ok(&mut self, id: u64, reply: &Reply<'_>, out: &mut BytesMut) {
+        self.count(Status::Ok);
         let fbb = &mut self.fbb;
         fbb.reset();
         let (body_type, body) = match *reply {
@@ -270,6 +288,7 @@ impl ResponseEncoder {
 
     /// Appends an error reply to request `id` (0 when the request's id is unknown).
     pub fn error(&mut self, id: u64, error: &RequestError, out: &mut BytesMut) {
+        self.count(error.status());
         self.scratch.clear();
         // Writing into a String cannot fail.
         let _ = write!(self.scratch, "{error}");

@@ -51,6 +51,15 @@ impl ComputeQueue {
         Ok(())
     }
 
+    /// Jobs waiting now (not the one the worker runs).
+    pub fn len(&self) -> usize {
+        self.jobs.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.borrow().is_empty()
+    }
+
     /// Lets the worker finish what is queued and stop.
     pub fn close(&self) {
         self.closed.set(true);

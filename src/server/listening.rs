@@ -3,6 +3,7 @@
 //! cannot drift apart.
 //!
 //! `percore listening on ADDR with N cores (cpus A,B)[, shard ports P..=Q][, memcached on ADDR]`
+//! `[, metrics on ADDR]`
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ pub struct Listening {
     pub shard_ports: Vec<u16>,
     /// The memcached listener, with `--memcached-listen`.
     pub memcached: Option<SocketAddr>,
+    /// The Prometheus endpoint, with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl fmt::Display for Listening {
@@ -34,6 +37,9 @@ impl fmt::Display for Listening {
         if let Some(addr) = self.memcached {
             write!(f, ", memcached on {addr}")?;
         }
+        if let Some(addr) = self.metrics {
+            write!(f, ", metrics on {addr}")?;
+        }
         Ok(())
     }
 }
@@ -51,12 +57,15 @@ impl Listening {
             .collect::<Option<Vec<usize>>>()?;
         let mut shard_ports = Vec::new();
         let mut memcached = None;
+        let mut metrics = None;
         for part in rest.split(", ").filter(|p| !p.is_empty()) {
             if let Some(range) = part.strip_prefix("shard ports ") {
                 let (a, b) = range.split_once("..=")?;
                 shard_ports = (a.parse().ok()?..=b.parse().ok()?).collect();
             } else if let Some(addr) = part.strip_prefix("memcached on ") {
                 memcached = Some(addr.parse().ok()?);
+            } else if let Some(addr) = part.strip_prefix("metrics on ") {
+                metrics = Some(addr.parse().ok()?);
             } else {
                 return None;
             }
@@ -66,6 +75,7 @@ impl Listening {
             cpus,
             shard_ports,
             memcached,
+            metrics,
         })
     }
 }
@@ -81,12 +91,13 @@ mod tests {
             cpus: vec![0, 1],
             shard_ports: vec![9000, 9001],
             memcached: Some("[::1]:11311".parse().unwrap()),
+            metrics: Some("127.0.0.1:9464".parse().unwrap()),
         };
         let line = all.to_string();
         assert_eq!(
             line,
             "percore listening on 127.0.0.1:7070 with 2 cores (cpus 0,1), shard ports \
-             9000..=9001, memcached on [::1]:11311"
+             9000..=9001, memcached on [::1]:11311, metrics on 127.0.0.1:9464"
         );
         assert_eq!(Listening::parse(&line), Some(all));
         let bare = Listening {
@@ -94,6 +105,7 @@ mod tests {
             cpus: vec![3],
             shard_ports: vec![],
             memcached: None,
+            metrics: None,
         };
         assert_eq!(Listening::parse(&bare.to_string()), Some(bare));
         assert_eq!(Listening::parse("percore: error: no"), None);

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 
 use super::mailbox::ConnShared;
 use super::notify::Notify;
+use crate::metrics::CoreSnapshot;
 use crate::protocol::{Op, OpKind, ShardStats};
 
 /// A native key-value request on its way to the core that owns the key.
@@ -79,6 +80,10 @@ pub enum PeerRequest {
         ticket: u32,
         delay_ms: u64,
     },
+    /// A scrape of `/metrics` asks for the core's [`CoreSnapshot`].
+    Metrics {
+        ticket: u32,
+    },
 }
 
 /// The answer to a [`PeerRequest`].
@@ -97,6 +102,11 @@ pub enum PeerReply {
     Flushed {
         ticket: u32,
     },
+    /// Boxed, as Stats is.
+    Metrics {
+        ticket: u32,
+        snapshot: Box<CoreSnapshot>,
+    },
 }
 
 /// What the origin remembers about a request it sent to a peer.
@@ -108,6 +118,7 @@ pub enum Pending {
         seq: u64,
     },
     Gather(Rc<Gather>),
+    MetricsGather(Rc<MetricsGather>),
 }
 
 /// Collects every core's answer to one request sent to all of them (Stats, `flush_all`).
@@ -123,6 +134,27 @@ impl Gather {
     pub fn answered(&self, stats: Option<ShardStats>) {
         if let Some(stats) = stats {
             self.per_shard.borrow_mut().push(stats);
+        }
+        self.remaining.set(self.remaining.get().saturating_sub(1));
+        if self.remaining.get() == 0 {
+            self.done.notify();
+        }
+    }
+}
+
+/// Collects every core's [`CoreSnapshot`] for one scrape of `/metrics`.
+#[derive(Default)]
+pub struct MetricsGather {
+    pub cores: RefCell<Vec<CoreSnapshot>>,
+    pub remaining: Cell<usize>,
+    pub done: Notify,
+}
+
+impl MetricsGather {
+    /// One core has answered (`None`: it could not be asked).
+    pub fn answered(&self, snapshot: Option<CoreSnapshot>) {
+        if let Some(snapshot) = snapshot {
+            self.cores.borrow_mut().push(snapshot);
         }
         self.remaining.set(self.remaining.get().saturating_sub(1));
         if self.remaining.get() == 0 {

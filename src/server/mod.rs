@@ -19,6 +19,7 @@ pub mod connection;
 pub mod listening;
 pub mod mailbox;
 pub mod message;
+pub mod metrics_http;
 mod notify;
 pub mod output;
 pub mod peer;
@@ -52,6 +53,8 @@ pub struct Server {
     pub shard_ports: Vec<u16>,
     /// The address every core serves memcached's protocol on, with `--memcached-listen`.
     pub memcached_addr: Option<SocketAddr>,
+    /// The address core 0 serves `/metrics` on, with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     global: Arc<Global>,
     /// Each core's executor, by shard index, until it has been joined.
     executors: Vec<Option<Executor<ShardReport>>>,
@@ -96,6 +99,7 @@ fn warn_if_unreachable(config: &Config) {
     let listeners = [
         ("--listen", Some(config.listen)),
         ("--memcached-listen", config.memcached_listen),
+        ("--metrics-listen", config.metrics_listen),
     ];
     for (flag, addr) in listeners {
         if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
@@ -126,6 +130,18 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             (group, Some(addr))
         }
         None => (Vec::new(), None),
+    };
+
+    // One core serves the metrics: a scrape gathers from every core over the mesh anyway.
+    let (mut metrics_listener, metrics_addr) = match config.metrics_listen {
+        Some(listen) => {
+            let socket = runtime::net::ensure_port_free(listen)
+                .and_then(|()| runtime::net::reuseport_listener(listen, backlog))
+                .with_context(|| format!("cannot listen on {listen} (--metrics-listen)"))?;
+            let addr = runtime::net::local_addr(&socket)?;
+            (Some(socket), Some(addr))
+        }
+        None => (None, None),
     };
 
     let mut shard_ports = Vec::new();
@@ -163,6 +179,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             global: global.clone(),
             listeners,
             shard_ports: shard_ports.clone(),
+            metrics_listener: metrics_listener.take(),
             mesh: meshes
                 .next()
                 .ok_or_else(|| anyhow!("mesh has too few ends"))?,
@@ -209,6 +226,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         cpus: config.cpus.clone(),
         shard_ports,
         memcached_addr,
+        metrics_addr,
         global,
         executors,
         events,
@@ -224,6 +242,7 @@ impl Server {
             cpus: self.cpus.clone(),
             shard_ports: self.shard_ports.clone(),
             memcached: self.memcached_addr,
+            metrics: self.metrics_addr,
         }
     }
 

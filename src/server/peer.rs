@@ -17,9 +17,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::mailbox::Completion;
-use super::message::{Gather, PeerReply, PeerRequest, Pending};
+use super::message::{Gather, MetricsGather, PeerReply, PeerRequest, Pending};
 use super::shard::{Shard, ShardLink};
 use crate::memcache::command::{self, Parsed};
+use crate::metrics::CoreSnapshot;
 use crate::ops;
 use crate::ops::memcache::Now;
 use crate::protocol::ShardStats;
@@ -78,6 +79,10 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
                 shard.store.borrow_mut().flush(now_ms, delay_ms);
                 PeerReply::Flushed { ticket }
             }
+            PeerRequest::Metrics { ticket } => PeerReply::Metrics {
+                ticket,
+                snapshot: Box::new(shard.metrics_snapshot()),
+            },
         };
         let sent = match reply {
             PeerReply::Kv { ref frame, .. } => {
@@ -86,7 +91,9 @@ pub async fn serve_requests(shard: Rc<Shard>, link: Rc<ShardLink>) {
                 let bytes = frame.capacity();
                 link.send_reply(reply, bytes)
             }
-            PeerReply::Stats { .. } | PeerReply::Flushed { .. } => link.send_control_reply(reply),
+            PeerReply::Stats { .. } | PeerReply::Flushed { .. } | PeerReply::Metrics { .. } => {
+                link.send_control_reply(reply)
+            }
         };
         if sent.is_err() {
             // The peer has shut down; nobody is waiting for this reply.
@@ -138,6 +145,14 @@ pub async fn receive_replies(shard: Rc<Shard>, link: Rc<ShardLink>) {
             }
             PeerReply::Stats { ticket, stats } => (ticket, Some(*stats)),
             PeerReply::Flushed { ticket } => (ticket, None),
+            PeerReply::Metrics { ticket, snapshot } => {
+                if let Some(Pending::MetricsGather(gather)) =
+                    shard.pending.borrow_mut().try_remove(ticket as usize)
+                {
+                    gather.answered(Some(*snapshot));
+                }
+                continue;
+            }
         };
         if let Some(Pending::Gather(gather)) =
             shard.pending.borrow_mut().try_remove(ticket as usize)
@@ -223,4 +238,36 @@ async fn gather_once(shard: &Rc<Shard>, what: Broadcast) -> Option<Vec<ShardStat
         Broadcast::Flush { .. } => 0,
     };
     (complete && per_shard.len() == expected).then_some(per_shard)
+}
+
+/// Asks every core, this one included, for its [`CoreSnapshot`] (a scrape of `/metrics`).
+/// Returns them in core order, or `None` when a core could not be asked (it is shutting down).
+/// Like [`gather`], it travels on the mesh's control slots, never on the permits keys need.
+pub async fn gather_metrics(shard: &Rc<Shard>) -> Option<Vec<CoreSnapshot>> {
+    shard.metrics.borrow_mut().gathers += 1;
+    let gather = Rc::new(MetricsGather::default());
+    gather.remaining.set(shard.mesh.links().count());
+    gather.cores.borrow_mut().push(shard.metrics_snapshot());
+    let mut complete = true;
+    for (_, link) in shard.mesh.links() {
+        let ticket = shard
+            .pending
+            .borrow_mut()
+            .insert(Pending::MetricsGather(gather.clone())) as u32;
+        if link
+            .send_control(PeerRequest::Metrics { ticket })
+            .await
+            .is_err()
+        {
+            shard.pending.borrow_mut().try_remove(ticket as usize);
+            gather.answered(None);
+            complete = false;
+        }
+    }
+    if gather.remaining.get() > 0 {
+        gather.done.wait().await;
+    }
+    let mut cores = gather.cores.take();
+    cores.sort_by_key(|c| c.core);
+    (complete && cores.len() == shard.count).then_some(cores)
 }

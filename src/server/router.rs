@@ -132,11 +132,14 @@ pub fn forward(
     let ticket = shard.pending.borrow_mut().insert(pending) as u32;
     shard.metrics.borrow_mut().requests[kind.index()] += 1;
     let request = message(ticket, shard.pool.take());
+    if let PeerRequest::Memcache { .. } = request {
+        shard.metrics.borrow_mut().memcache_requests[kind.index()] += 1;
+    }
     // Weighed by the memory the buffer holds, as replies are.
     let bytes = match &request {
         PeerRequest::Kv(f) => f.buf.capacity(),
         PeerRequest::Memcache { buf, .. } => buf.capacity(),
-        PeerRequest::Stats { .. } | PeerRequest::Flush { .. } => 0,
+        PeerRequest::Stats { .. } | PeerRequest::Flush { .. } | PeerRequest::Metrics { .. } => 0,
     };
     match link.send_request(request, bytes) {
         Ok(()) => {
@@ -150,7 +153,9 @@ pub fn forward(
             match failed.0 {
                 PeerRequest::Kv(f) => shard.pool.give(f.buf),
                 PeerRequest::Memcache { buf, .. } => shard.pool.give(buf),
-                PeerRequest::Stats { .. } | PeerRequest::Flush { .. } => {}
+                PeerRequest::Stats { .. }
+                | PeerRequest::Flush { .. }
+                | PeerRequest::Metrics { .. } => {}
             }
             Forward::Failed(RequestError::ShuttingDown)
         }

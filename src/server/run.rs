@@ -12,10 +12,10 @@ use super::codec::Protocol;
 use super::connection;
 use super::mailbox::{CloseReason, Completion, ConnShared};
 use super::peer;
-use super::shard::{Global, Shard, ShardMeshEnds};
+use super::shard::{Global, Shard, ShardMeshEnds, ACCEPT_LOG_EVERY};
 use super::CoreEvent;
 use crate::config::Config;
-use crate::metrics::{Metrics, ShardReport};
+use crate::metrics::{ClosedBy, Metrics, ShardReport};
 use crate::ops;
 use crate::protocol::{OpKind, Reply};
 use crate::runtime::net::{Conn, Listener};
@@ -35,6 +35,8 @@ pub struct ShardSetup {
     /// Each listener and the protocol it serves.
     pub listeners: Vec<(Socket, Protocol)>,
     pub shard_ports: Vec<u16>,
+    /// The `--metrics-listen` socket, for the one core that serves it.
+    pub metrics_listener: Option<Socket>,
     pub mesh: ShardMeshEnds,
     /// Told once this core is connected to its peers and accepting.
     pub ready: std::sync::mpsc::Sender<CoreEvent>,
@@ -58,6 +60,12 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
             shard.clone(),
             Listener::adopt(socket),
             protocol,
+        ));
+    }
+    if let Some(socket) = setup.metrics_listener {
+        runtime::spawn(super::metrics_http::serve(
+            shard.clone(),
+            Listener::adopt(socket),
         ));
     }
     let mut peer_tasks = Vec::new();
@@ -167,8 +175,6 @@ async fn tick_until_shutdown(shard: &Shard) {
 /// keep failing, up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// A core logs failed accepts at most this often, with how many there were since its last line.
-const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Accepts connections speaking `protocol` until the shard drains, each served by its own
 /// task.
@@ -240,8 +246,7 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
         drop(conn);
         return Admitted::Draining;
     }
-    if !allowed(shard, &conn) {
-        shard.metrics.borrow_mut().connections_disallowed += 1;
+    if !shard.admits_peer_of(&conn) {
         drop(conn);
         return Admitted::Disallowed;
     }
@@ -264,6 +269,10 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
     let shard = shard.clone();
     runtime::spawn(async move {
         connection::serve(&shard, conn, &shared, protocol).await;
+        shard
+            .metrics
+            .borrow_mut()
+            .connection_closed(closed_by(shared.close.get()));
         shard.connections.borrow_mut().remove(key);
         shard.global.close();
         shard.metrics.borrow_mut().connections_open -= 1;
@@ -274,35 +283,15 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
     Admitted::Served
 }
 
-/// Whether the connection's peer is inside `--allow`; logs one that is not, at most once a
-/// second per core with how many there were since the last line.
-fn allowed(shard: &Shard, conn: &Conn) -> bool {
-    let peer = match conn.peer_addr() {
-        Ok(peer) => peer,
-        // ENOTCONN: it reset before we looked, and has nothing left to serve.
-        Err(e) => {
-            tracing::debug!("peer address of an accepted connection: {e}");
-            return false;
-        }
-    };
-    if shard.config.allow.admits(peer.ip()) {
-        return true;
+/// The closed-by-reason counter a connection's end goes to.
+fn closed_by(reason: Option<CloseReason>) -> ClosedBy {
+    match reason {
+        None => ClosedBy::Other,
+        Some(CloseReason::IdleTimeout) => ClosedBy::IdleTimeout,
+        Some(CloseReason::FrameTimeout) => ClosedBy::FrameTimeout,
+        Some(CloseReason::SlowReader) => ClosedBy::SlowReader,
+        Some(CloseReason::DrainTimeout) => ClosedBy::DrainTimeout,
     }
-    let due = shard
-        .disallowed
-        .borrow_mut()
-        .note(Instant::now(), ACCEPT_LOG_EVERY);
-    if let Some(refused) = due {
-        tracing::warn!(
-            core = shard.index,
-            %peer,
-            refused,
-            allow = %shard.config.allow,
-            "connection refused: its address is outside --allow (refused since this core's \
-             last such line)"
-        );
-    }
-    false
 }
 
 /// Logs a failed accept, unless this core logged one less than [`ACCEPT_LOG_EVERY`] ago: then

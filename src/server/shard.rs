@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{ResponseEncoder, ShardStats};
 use crate::runtime::mesh::{Link, Mesh, MeshEnds};
+use crate::runtime::net::Conn;
 use crate::store::Store;
 
 pub type ShardMesh = Mesh<PeerRequest, PeerReply>;
@@ -36,6 +37,10 @@ const IO_BUFFER: usize = 16 << 10;
 const IO_BUFFER_KEPT: usize = 256 << 10;
 /// Idle connection buffers a core keeps for reuse (at most 4 MiB of 16 KiB ones).
 const IO_BUFFERS_KEPT: usize = 256;
+
+/// A core logs failed accepts, and connections refused by `--allow`, at most this often, with
+/// how many there were since its last line.
+pub const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Events of one kind that a core logs at most once per `every` (a client can cause them as
 /// fast as it can connect): how many there were since the last line, and when that was.
@@ -145,6 +150,39 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Whether a connection just accepted on any listener comes from inside `--allow`. One
+    /// that does not is counted, and logged at most once per [`ACCEPT_LOG_EVERY`] with how many
+    /// there were since the last line; the caller closes it.
+    pub fn admits_peer_of(&self, conn: &Conn) -> bool {
+        let peer = match conn.peer_addr() {
+            Ok(peer) => peer,
+            // ENOTCONN: it reset before we looked, and has nothing left to serve.
+            Err(e) => {
+                tracing::debug!("peer address of an accepted connection: {e}");
+                return false;
+            }
+        };
+        if self.config.allow.admits(peer.ip()) {
+            return true;
+        }
+        self.metrics.borrow_mut().connections_disallowed += 1;
+        let due = self
+            .disallowed
+            .borrow_mut()
+            .note(Instant::now(), ACCEPT_LOG_EVERY);
+        if let Some(refused) = due {
+            tracing::warn!(
+                core = self.index,
+                %peer,
+                refused,
+                allow = %self.config.allow,
+                "connection refused: its address is outside --allow (refused since this core's \
+                 last such line)"
+            );
+        }
+        false
+    }
+
     /// Core `index`'s state, connected to its peers by `mesh`.
     pub fn new(
         index: usize,
@@ -227,6 +265,20 @@ impl Shard {
         stats.buffers_lent = (self.pool.lent() + self.io_buffers.lent()) as u64;
         stats.buffers_free = (self.pool.free() + self.io_buffers.free()) as u64;
         stats
+    }
+
+    /// This core's part of a `/metrics` scrape.
+    pub fn metrics_snapshot(&self) -> crate::metrics::CoreSnapshot {
+        let store = self.store.borrow().stats();
+        let mut by_status = [0; crate::metrics::STATUS_COUNT];
+        for (status, n) in self.encoder.borrow().replies_by_status() {
+            if let Some(slot) = by_status.get_mut(status.0 as usize) {
+                *slot = n;
+            }
+        }
+        self.metrics
+            .borrow()
+            .snapshot(self.cpu, &store, by_status, self.compute.len())
     }
 
     pub(super) fn begin_drain(&self) {

@@ -46,6 +46,8 @@ pub struct Server {
     pub shard_ports: Vec<u16>,
     /// The memcached listener's address, with `--memcached-listen`.
     pub memcached: Option<SocketAddr>,
+    /// The Prometheus endpoint's address, with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     stdout: Receiver<String>,
     /// Lines of stderr, when [`Server::start_with`] piped it.
     stderr: Option<Receiver<String>>,
@@ -116,6 +118,7 @@ impl Server {
             addr,
             shard_ports,
             memcached,
+            metrics: listening.metrics,
             stdout: rx,
             stderr,
         }

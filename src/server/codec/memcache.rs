@@ -172,7 +172,11 @@ impl State {
                 };
                 self.spawn_gather(ctx, what, command.noreply(), kind);
                 router::release(shard, ctx.reserved.take());
-                shard.metrics.borrow_mut().requests[kind.index()] += 1;
+                {
+                    let mut metrics = shard.metrics.borrow_mut();
+                    metrics.requests[kind.index()] += 1;
+                    metrics.memcache_requests[kind.index()] += 1;
+                }
                 return Step::Consumed(len);
             }
             Command::Store { .. }
@@ -198,7 +202,11 @@ impl State {
             }
         };
         router::release(shard, ctx.reserved.take());
-        shard.metrics.borrow_mut().requests[kind.index()] += 1;
+        {
+            let mut metrics = shard.metrics.borrow_mut();
+            metrics.requests[kind.index()] += 1;
+            metrics.memcache_requests[kind.index()] += 1;
+        }
         ctx.batch.answered[kind.index()] += 1;
         *ctx.answered += 1;
         step
@@ -298,7 +306,11 @@ impl State {
                 ctx.output.local(|out| {
                     ops::memcache::retrieve(&mut store, hash, retrieval, exptime, key, now, out)
                 });
-                shard.metrics.borrow_mut().requests[OpKind::Get.index()] += 1;
+                {
+                    let mut metrics = shard.metrics.borrow_mut();
+                    metrics.requests[OpKind::Get.index()] += 1;
+                    metrics.memcache_requests[OpKind::Get.index()] += 1;
+                }
                 ctx.batch.answered[OpKind::Get.index()] += 1;
             } else {
                 if !ctx.window_open() {
@@ -363,7 +375,11 @@ impl State {
             Err(step) => return step,
         };
         let kind = ops::memcache::kind(&command);
-        ctx.shard.metrics.borrow_mut().requests[kind.index()] += 1;
+        {
+            let mut metrics = ctx.shard.metrics.borrow_mut();
+            metrics.requests[kind.index()] += 1;
+            metrics.memcache_requests[kind.index()] += 1;
+        }
         ctx.batch.answered[kind.index()] += 1;
         error(ctx, Error::ShuttingDown);
         Step::Consumed(len)

@@ -131,6 +131,7 @@ pub fn route(ctx: &mut Ctx<'_>, input: &[u8]) -> Step {
                 Ok(()) => true,
                 Err(job) => {
                     shard.pool.give(job.buf);
+                    shard.metrics.borrow_mut().compute_overloaded += 1;
                     let error = RequestError::ComputeQueueFull;
                     shard.encoder.borrow_mut().error(id, &error, out);
                     false

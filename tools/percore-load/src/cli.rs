@@ -201,6 +201,9 @@ pub struct Args {
     /// Keys of the --scan-after pass, spread over the connections
     #[arg(long, value_name = "N", requires = "scan_after")]
     pub scan_keys: Option<u64>,
+
+    #[command(flatten)]
+    pub plot: crate::plot::PlotArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -272,6 +275,7 @@ pub struct Plan {
     pub hlog: Option<PathBuf>,
     pub quiet: bool,
     pub scan: Option<Scan>,
+    pub plot: crate::plot::PlotArgs,
 }
 
 impl Plan {
@@ -460,6 +464,7 @@ impl Plan {
             hlog: args.hlog,
             quiet: args.quiet,
             scan,
+            plot: args.plot,
         })
     }
 

@@ -8,8 +8,8 @@
 //! socket loop), [`check`] (the verdict on each reply, and the --verify-keys bookkeeping),
 //! [`stats`] (histograms and counters), [`engine`] (pinned executors and the main thread),
 //! [`progress`] (the progress lines and the interval log during the run), [`report`] (the exit
-//! report and the output files), [`fleet`] (`--distribute`: routing over several hosts, and
-//! the per-host tallies).
+//! report and the output files), [`plot`] (the latency plot), [`fleet`] (`--distribute`:
+//! routing over several hosts, and the per-host tallies).
 
 mod check;
 mod cli;
@@ -18,6 +18,7 @@ mod conn;
 mod context;
 mod engine;
 mod fleet;
+mod plot;
 mod progress;
 mod report;
 mod schedule;
@@ -48,9 +49,11 @@ fn main() -> ExitCode {
 /// Runs the load; true when every reply was right.
 fn run(args: cli::Args) -> anyhow::Result<bool> {
     let plan = cli::Plan::from_args(args)?;
+    let overlays = plot::read_overlays(&plan.plot)?;
     let outcome = engine::run(plan.clone())?;
     print!("{}", report::text_report(&plan, &outcome));
     report::write_files(&plan, &outcome)?;
+    plot::write(&plan, &outcome, overlays)?;
     let errors = outcome.total.counts.total_errors();
     if errors > 0 {
         eprintln!("percore-load: {errors} replies were wrong or lost");
