@@ -5,6 +5,9 @@
 //! response, whose id says which request it answers (replies to requests another core served
 //! may overtake earlier ones). [`Client::call`] and the typed helpers (`get`, `set`, ...) do one
 //! request at a time. It runs on the runtime's executor, like the server.
+//!
+//! [`fleet`] routes requests over several hosts: to a key's host by consistent hashing, then to
+//! its core.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +19,8 @@ use crate::protocol::response::InvalidResponse;
 use crate::protocol::shard::owner_of;
 use crate::protocol::{Algo, Op, ReplyView, RequestEncoder, ResponseView, ShardStats, Status};
 use crate::runtime::net::Conn;
+
+pub mod fleet;
 
 /// Largest response frame the client accepts: a 1 MiB value with room to spare.
 pub const MAX_RESPONSE_FRAME: usize = 4 << 20;

@@ -4,7 +4,8 @@
 #   - memcached: the reference server the suite is validated against (MEMCACHED_UNDER_TEST=memcached)
 #   - libmemcached-tools: memccapable and memcaslap, libmemcached's protocol checker and load tool
 #   - prometheus: promtool and a Prometheus server for tests/prometheus.rs
-#   - nutcracker: other people's software for later front-end checks
+#   - nutcracker: twemproxy, in front of the fleet of tests/fleet.rs
+#   - iproute2: `ip`, which tools/fleet.sh and tests/fleet.rs make their network namespaces with
 #   - Python packages pinned in tests/memcached/requirements.txt (pytest, pymemcache, python-memcached)
 # Idempotent and quiet: packages already present are left alone, and apt-get update runs at most
 # once, only when something is missing. Prints one line per thing it had to do.
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 
-want=(memcached libmemcached-tools nutcracker prometheus)
+want=(memcached libmemcached-tools nutcracker prometheus iproute2)
 missing=()
 for pkg in "${want[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)

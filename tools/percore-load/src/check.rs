@@ -47,6 +47,8 @@ pub struct Pending {
     pub content: usize,
     /// A get of the cache workload's --scan-after pass.
     pub scan: bool,
+    /// The slot's socket it was written to.
+    pub link: usize,
 }
 
 /// The cache workload's set of a key whose get missed, waiting for room in the pipeline.

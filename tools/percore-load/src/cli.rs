@@ -13,6 +13,7 @@ use percore::config::{CoreSpec, Dur};
 use percore::protocol::{Algo, MAX_COMPUTE_ROUNDS, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 use crate::codec::ProtocolKind;
+use crate::fleet::Distribute;
 use crate::workload::{min_key_size, KeyDist, LoadOp, Mix, ValueSize, CHECKSUM_LEN};
 
 /// Most keys in one get command: a line of 250-byte keys then stays within 64 KiB.
@@ -40,7 +41,9 @@ pub const MAX_MULTIGET: usize = 256;
 #[command(name = "percore-load", version, max_term_width = 100)]
 pub struct Args {
     /// Server to load, HOST:PORT; repeat it to load several servers, connections are spread
-    /// across them round-robin [default: 127.0.0.1:7070]
+    /// across them round-robin. With --distribute, NAME=HOST:PORT names the host on the ring
+    /// (as twemproxy's `- HOST:PORT:1 NAME`); the name is otherwise HOST:PORT as written
+    /// [default: 127.0.0.1:7070]
     #[arg(long = "target", value_name = "ADDR")]
     pub targets: Vec<String>,
 
@@ -138,6 +141,14 @@ pub struct Args {
     #[arg(long)]
     pub shard_aware: bool,
 
+    /// Treat the --target hosts as one fleet: every connection reaches every host and sends
+    /// each key to the host that owns it by consistent hashing (ketama: md5, 160 points per
+    /// host named by its address, as twemproxy and memcached clients place keys), and with the
+    /// percore protocol on to the core that owns it (Hello, --shard-ports); reports per host
+    /// what it was sent
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub distribute: Option<Distribute>,
+
     /// Wire protocol: percore, or memcached (text protocol: get, set, delete, --multiget)
     #[arg(long, value_enum, default_value_t = ProtocolKind::Percore)]
     pub protocol: ProtocolKind,
@@ -232,6 +243,9 @@ pub struct Scan {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub targets: Vec<SocketAddr>,
+    /// Each target's name on the --distribute ring: NAME of NAME=HOST:PORT, else HOST:PORT as
+    /// written.
+    pub target_names: Vec<String>,
     pub cpus: Vec<usize>,
     pub connections: usize,
     pub pipeline: usize,
@@ -250,6 +264,7 @@ pub struct Plan {
     pub prefill: bool,
     pub verify_keys: bool,
     pub shard_aware: bool,
+    pub distribute: Option<Distribute>,
     pub protocol: ProtocolKind,
     pub compute_algo: Algo,
     pub compute_rounds: u32,
@@ -270,8 +285,20 @@ impl Plan {
         } else {
             args.targets.clone()
         };
+        let target_names: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                t.split_once('=')
+                    .map_or(t.as_str(), |(name, _)| name)
+                    .to_owned()
+            })
+            .collect();
+        if let Some(t) = targets.iter().find(|t| t.starts_with('=')) {
+            bail!("--target {t}: the name before = is empty");
+        }
         let targets = targets
             .iter()
+            .map(|t| t.split_once('=').map_or(t.as_str(), |(_, addr)| addr))
             .map(|t| {
                 t.to_socket_addrs()
                     .with_context(|| format!("--target {t}: not an address"))?
@@ -392,11 +419,20 @@ impl Plan {
                 bail!("--shard-aware needs the percore protocol (Hello)");
             }
         }
+        if args.distribute.is_some() {
+            if args.shard_aware {
+                bail!("--distribute routes to each host's cores itself: drop --shard-aware");
+            }
+            if args.multiget > 1 {
+                bail!("--distribute sends each key to its own host: --multiget must be 1");
+            }
+        }
         if args.timeout.0.is_zero() {
             bail!("--timeout must be more than 0");
         }
         Ok(Plan {
             targets,
+            target_names,
             cpus,
             connections: args.connections,
             pipeline: args.pipeline,
@@ -414,6 +450,7 @@ impl Plan {
             prefill: args.prefill,
             verify_keys: args.verify_keys,
             shard_aware: args.shard_aware,
+            distribute: args.distribute,
             protocol: args.protocol,
             compute_algo: match args.compute_algo {
                 AlgoArg::Crc32c => Algo::Crc32c,
@@ -471,6 +508,9 @@ impl Plan {
                 ", a pass over {} cold keys after {} gets",
                 scan.count, scan.after
             );
+        }
+        if let Some(kind) = self.distribute {
+            line += &format!(", distributed ({kind:?})").to_lowercase();
         }
         line
     }
@@ -683,5 +723,52 @@ mod tests {
             "0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn distribute_checks() {
+        let p = plan(&["--distribute", "ketama", "--workload", "get"]).unwrap();
+        assert_eq!(p.distribute, Some(Distribute::Ketama));
+        assert!(
+            p.describe().contains("distributed (ketama)"),
+            "{}",
+            p.describe()
+        );
+        assert!(plan(&["--distribute", "ketama", "--shard-aware"]).is_err());
+        assert!(plan(&["--distribute", "rendezvous"]).is_err());
+        let all = [
+            "percore-load",
+            "--target",
+            "h0=127.0.0.1:1",
+            "--target",
+            "127.0.0.1:2",
+            "--distribute",
+            "ketama",
+        ];
+        let p = Plan::from_args(Args::try_parse_from(all).unwrap()).unwrap();
+        assert_eq!(p.target_names, ["h0", "127.0.0.1:2"]);
+        assert_eq!(p.targets[0], "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        let nameless = ["percore-load", "--target", "=127.0.0.1:1"];
+        assert!(Plan::from_args(Args::try_parse_from(nameless).unwrap()).is_err());
+        assert!(plan(&[
+            "--distribute",
+            "ketama",
+            "--protocol",
+            "memcached",
+            "--workload",
+            "get",
+            "--multiget",
+            "4"
+        ])
+        .is_err());
+        assert!(plan(&[
+            "--distribute",
+            "ketama",
+            "--protocol",
+            "memcached",
+            "--workload",
+            "get"
+        ])
+        .is_ok());
     }
 }

@@ -18,6 +18,11 @@
 //!
 //! With `--verify-keys` a slot writes only its own keys ([`own_key`]) and, after its run, reads
 //! every key it wrote back ([`Slot::verify`]).
+//!
+//! With `--distribute` a slot has sockets to every host (to each of its cores with the percore
+//! protocol) and [`crate::fleet::Routes`] picks a key's; a host's socket that fails is marked
+//! down alone (its requests in flight are lost, later ones to it are `host_down` errors) and
+//! the slot goes on with the other hosts.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -30,12 +35,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
-use percore::client::Client;
+use percore::client::{Client, Topology};
 use percore::runtime::{self, net::Conn};
 
 use crate::check::{own_key, Acked, Book, Fill, InOrder, Pending, ScanPart};
 use crate::codec::{Codec, Parsed, ProtocolKind, Request};
 use crate::context::CoreCtx;
+use crate::fleet::{self, HostLinks, Routes};
 use crate::schedule::{Due, Schedule};
 use crate::stats::{ErrorKind, Phase};
 use crate::workload::{keyed_value, make_value, write_key, LoadOp};
@@ -45,6 +51,8 @@ use crate::workload::{keyed_value, make_value, write_key, LoadOp};
 pub const LATE_SEND: Duration = Duration::from_millis(1);
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 64 << 10;
+/// How long a slot whose every due request went to a down host waits before the next try.
+const DOWN_RETRY_PAUSE: Duration = Duration::from_millis(1);
 /// Requests in flight per connection while prefilling (at least --pipeline).
 const PREFILL_PIPELINE: usize = 32;
 
@@ -53,11 +61,15 @@ struct Link {
     conn: Conn,
     input: BytesMut,
     output: BytesMut,
+    /// --distribute: this socket failed; nothing more is sent or read on it.
+    down: bool,
 }
 
 /// A load-generating connection.
 pub struct Slot {
     links: Vec<Link>,
+    /// --distribute: which link a key goes to.
+    routes: Option<Routes>,
     book: Book,
     /// A slot whose connection ended stops; its requests in flight were counted as lost.
     dead: bool,
@@ -67,34 +79,30 @@ impl Slot {
     /// Connects slot `index` to its target (to every shard port of it with --shard-aware).
     pub async fn connect(index: usize, ctx: Rc<CoreCtx>) -> anyhow::Result<Slot> {
         let plan = &ctx.plan;
-        let target = plan.targets[index % plan.targets.len()];
-        let (addrs, topology) = if plan.shard_aware {
-            let mut client = Client::connect(target)
-                .await
-                .with_context(|| format!("cannot connect to {target}"))?;
-            let topology = client
-                .hello("percore-load")
-                .await
-                .with_context(|| format!("Hello to {target} failed"))?;
-            if topology.shard_ports.is_empty() {
-                bail!("--shard-aware: {target} has no shard ports (start percore with --shard-ports BASE)");
+        let (mut addrs, mut topology, mut routes) = (Vec::new(), None, None);
+        if plan.distribute.is_some() {
+            // Every host, each through its cores' own ports when the protocol has Hello.
+            let by_core = plan.protocol == ProtocolKind::Percore;
+            let mut hosts = Vec::with_capacity(plan.targets.len());
+            let mut link_host = Vec::new();
+            for (host, &target) in plan.targets.iter().enumerate() {
+                let (host_addrs, host_topology) = target_addrs(target, by_core).await?;
+                hosts.push(HostLinks {
+                    first_link: addrs.len(),
+                    topology: host_topology,
+                });
+                link_host.extend(host_addrs.iter().map(|_| host));
+                addrs.extend(host_addrs);
             }
-            if topology.shard_ports.len() != topology.shard_count as usize {
-                bail!(
-                    "{target} reports {} shards but {} shard ports",
-                    topology.shard_count,
-                    topology.shard_ports.len()
-                );
-            }
-            let addrs = topology
-                .shard_ports
-                .iter()
-                .map(|&port| SocketAddr::new(target.ip(), port))
-                .collect::<Vec<_>>();
-            (addrs, Some(topology))
+            routes = Some(Routes {
+                ring: fleet::ring(plan),
+                hosts,
+                link_host,
+            });
         } else {
-            (vec![target], None)
-        };
+            let target = plan.targets[index % plan.targets.len()];
+            (addrs, topology) = target_addrs(target, plan.shard_aware).await?;
+        }
         let mut links = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let conn = Conn::connect(addr)
@@ -104,6 +112,7 @@ impl Slot {
                 conn,
                 input: BytesMut::with_capacity(READ_CHUNK),
                 output: BytesMut::with_capacity(READ_CHUNK),
+                down: false,
             });
         }
         let rng = fastrand::Rng::with_seed(plan.seed.wrapping_add((index as u64 + 1) << 32));
@@ -144,6 +153,7 @@ impl Slot {
         };
         Ok(Slot {
             links,
+            routes,
             book,
             dead: false,
         })
@@ -210,7 +220,14 @@ impl Slot {
                 // The run is over: a miss seen now is not filled.
                 self.book.fills.clear();
             }
-            while !self.book.stopping && self.book.pending.len() < pipeline {
+            // Requests not sent because their host is down (--distribute). A closed loop stops
+            // after a pipeline's worth, so a slot whose keys all live on down hosts cannot
+            // spin without giving the core to its other tasks.
+            let mut refused = 0;
+            while !self.book.stopping
+                && self.book.pending.len() < pipeline
+                && (open || refused < pipeline)
+            {
                 if let Some(fill) = self.book.fills.pop_front() {
                     let Fill {
                         key,
@@ -222,7 +239,9 @@ impl Slot {
                         phase,
                         key: Some(key),
                     };
-                    self.issue(due, LoadOp::Set, 1, now);
+                    if !self.issue(due, LoadOp::Set, 1, now) {
+                        refused += 1;
+                    }
                     continue;
                 }
                 let Some(due) = schedule.due(now) else { break };
@@ -243,24 +262,34 @@ impl Slot {
                     }
                     _ => 1,
                 };
-                self.issue(due, op, keys as usize, now);
+                if !self.issue(due, op, keys as usize, now) {
+                    refused += 1;
+                }
             }
             if self.book.pending.len() >= pipeline {
                 was_full = true;
             }
-            for link in &mut self.links {
-                if link.output.is_empty() {
+            for i in 0..self.links.len() {
+                let link = &mut self.links[i];
+                if link.output.is_empty() || link.down {
                     continue;
                 }
                 if link.conn.write_all(&link.output).await.is_err() {
-                    self.end(End::Failed);
-                    return;
+                    if !self.fail_link(i, End::Failed) {
+                        return;
+                    }
+                    continue;
                 }
-                link.output.clear();
+                self.links[i].output.clear();
             }
             let exhausted = self.book.stopping || schedule.exhausted(Instant::now());
             if exhausted && self.book.pending.is_empty() {
                 return;
+            }
+            if refused > 0 && self.book.pending.is_empty() {
+                // Nothing in flight, all refused: wait a little before trying again.
+                runtime::sleep(DOWN_RETRY_PAUSE).await;
+                continue;
             }
             // Wake for the next send if there is room for it, for the end of the run, and for
             // the timeout of the requests in flight.
@@ -283,17 +312,18 @@ impl Slot {
                         return;
                     }
                 }
-                Some((_, Ok(0))) => {
-                    self.end(End::Closed);
-                    return;
+                Some((i, Ok(0))) => {
+                    if !self.fail_link(i, End::Closed) {
+                        return;
+                    }
                 }
-                Some((_, Err(_))) => {
-                    self.end(End::Failed);
-                    return;
+                Some((i, Err(_))) => {
+                    if !self.fail_link(i, End::Failed) {
+                        return;
+                    }
                 }
                 Some((i, Ok(_))) => {
-                    if self.take_replies(i).is_err() {
-                        self.end(End::Failed);
+                    if self.take_replies(i).is_err() && !self.fail_link(i, End::Failed) {
                         return;
                     }
                     if was_full && self.book.pending.len() < pipeline {
@@ -308,11 +338,12 @@ impl Slot {
     /// Checks every whole reply in socket `i`'s buffer. An error means the stream is broken.
     fn take_replies(&mut self, i: usize) -> Result<(), String> {
         let now = Instant::now();
+        let errors_before = self.book.ctx.recorder.borrow().counts.total_errors();
         let link = &mut self.links[i];
-        loop {
+        let result = loop {
             match self.book.codec.parse(&link.input) {
-                Parsed::Incomplete => return Ok(()),
-                Parsed::Broken(why) => return Err(why),
+                Parsed::Incomplete => break Ok(()),
+                Parsed::Broken(why) => break Err(why),
                 Parsed::Reply {
                     len,
                     to,
@@ -323,7 +354,55 @@ impl Slot {
                     link.input.advance(len);
                 }
             }
+        };
+        if let Some(routes) = &self.routes {
+            let mut rec = self.book.ctx.recorder.borrow_mut();
+            let new_errors = rec.counts.total_errors() - errors_before;
+            fleet::tally(&mut rec, routes.link_host[i]).errors += new_errors;
         }
+        result
+    }
+
+    /// Socket `i` ended (`how`). Without --distribute the slot ends with it. With it, only
+    /// that socket does: its requests in flight are lost, it is used no more, and the slot goes
+    /// on with the other hosts' sockets while any is left. True when the slot goes on.
+    fn fail_link(&mut self, i: usize, how: End) -> bool {
+        let Some(routes) = &self.routes else {
+            self.end(how);
+            return false;
+        };
+        let host = routes.link_host[i];
+        self.links[i].down = true;
+        self.links[i].output.clear();
+        let lost: u64 = self
+            .book
+            .pending
+            .values()
+            .filter(|p| p.link == i)
+            .map(|p| u64::from(p.keys))
+            .sum();
+        self.book.pending.retain(|_, p| p.link != i);
+        self.book.ordered[i] = InOrder::default();
+        let mut rec = self.book.ctx.recorder.borrow_mut();
+        if how == End::Closed && lost == 0 {
+            // Closed by the host after answering everything sent to it, as a stopping server
+            // does: no error (what would go to it later counts as host_down).
+            rec.counts.closed_clean += 1;
+        } else {
+            rec.error(ErrorKind::ConnectionLost, 1);
+            if lost > 0 {
+                rec.error(ErrorKind::Lost, lost);
+            }
+            let tally = fleet::tally(&mut rec, host);
+            tally.errors += lost;
+            tally.connections_lost += 1;
+        }
+        drop(rec);
+        let any_left = self.links.iter().any(|l| !l.down);
+        if !any_left {
+            self.dead = true;
+        }
+        any_left
     }
 
     /// The connection is over: every request in flight is lost. The server closing it with
@@ -360,8 +439,8 @@ impl Slot {
     }
 
     /// Encodes one request (of `keys` keys for a get) into the output of the socket its key
-    /// belongs to.
-    fn issue(&mut self, due: Due, op: LoadOp, keys: usize, now: Instant) {
+    /// belongs to. False when it was not sent: its host is down (counted as `host_down`).
+    fn issue(&mut self, due: Due, op: LoadOp, keys: usize, now: Instant) -> bool {
         let book = &mut self.book;
         let ctx = &*book.ctx;
         let plan = &ctx.plan;
@@ -446,11 +525,25 @@ impl Slot {
             }
         };
         // A multi-key get is memcached's, which has no topology: it goes to socket 0.
-        let link = match (&book.topology, key_bytes) {
-            (Some(topology), Some(key)) => topology.owner_of(key).min(self.links.len() - 1),
-            (Some(_), None) => book.rng.usize(0..self.links.len()),
-            (None, _) => 0,
+        let link = match (&self.routes, &book.topology, key_bytes) {
+            (Some(routes), _, Some(key)) => routes.link_of(key).0,
+            (Some(_), _, None) => book.rng.usize(0..self.links.len()),
+            (None, Some(topology), Some(key)) => topology.owner_of(key).min(self.links.len() - 1),
+            (None, Some(_), None) => book.rng.usize(0..self.links.len()),
+            (None, None, _) => 0,
         };
+        if let Some(routes) = &self.routes {
+            let mut rec = ctx.recorder.borrow_mut();
+            let tally = fleet::tally(&mut rec, routes.link_host[link]);
+            if self.links[link].down {
+                // Not sent: its host's connection failed earlier in this run.
+                tally.down += keys as u64;
+                tally.errors += keys as u64;
+                rec.error(ErrorKind::HostDown, keys as u64);
+                return false;
+            }
+            tally.sent += keys as u64;
+        }
         book.codec
             .encode(id, &request, &mut self.links[link].output);
         if plan.protocol == ProtocolKind::Memcached {
@@ -475,6 +568,7 @@ impl Slot {
                 len,
                 content,
                 scan,
+                link,
             },
         );
         let mut rec = ctx.recorder.borrow_mut();
@@ -482,6 +576,7 @@ impl Slot {
         if due.phase == Phase::Verify {
             rec.counts.verify_checked += 1;
         }
+        true
     }
 }
 
@@ -540,11 +635,12 @@ async fn wait_readable(links: &mut [Link], wake: Option<Instant>) -> Option<Read
         let read = async { Some((0, link.conn.read_into(&mut link.input, READ_CHUNK).await)) };
         return futures_lite::future::or(read, timer).await;
     }
-    // Several sockets (--shard-aware): poll a read on each; the ones that lose the race are
-    // dropped, which consumes nothing.
+    // Several sockets (--shard-aware, --distribute): poll a read on each that is not down; the
+    // ones that lose the race are dropped, which consumes nothing.
     let mut reads: Vec<Pin<Box<dyn Future<Output = ReadResult> + '_>>> = links
         .iter_mut()
         .enumerate()
+        .filter(|(_, link)| !link.down)
         .map(|(i, link)| {
             let Link { conn, input, .. } = link;
             Box::pin(async move { (i, conn.read_into(input, READ_CHUNK).await) })
@@ -560,4 +656,38 @@ async fn wait_readable(links: &mut [Link], wake: Option<Instant>) -> Option<Read
         Poll::Pending
     });
     futures_lite::future::or(any, timer).await
+}
+
+/// The addresses a slot connects to for `target`: with `by_core`, learned with Hello, one per
+/// core (its shard port), with the topology; else the target itself.
+async fn target_addrs(
+    target: SocketAddr,
+    by_core: bool,
+) -> anyhow::Result<(Vec<SocketAddr>, Option<Topology>)> {
+    if !by_core {
+        return Ok((vec![target], None));
+    }
+    let mut client = Client::connect(target)
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    let topology = client
+        .hello("percore-load")
+        .await
+        .with_context(|| format!("Hello to {target} failed"))?;
+    if topology.shard_ports.is_empty() {
+        bail!("{target} has no shard ports (start percore with --shard-ports BASE)");
+    }
+    if topology.shard_ports.len() != topology.shard_count as usize {
+        bail!(
+            "{target} reports {} shards but {} shard ports",
+            topology.shard_count,
+            topology.shard_ports.len()
+        );
+    }
+    let addrs = topology
+        .shard_ports
+        .iter()
+        .map(|&port| SocketAddr::new(target.ip(), port))
+        .collect();
+    Ok((addrs, Some(topology)))
 }

@@ -8,7 +8,8 @@
 //! socket loop), [`check`] (the verdict on each reply, and the --verify-keys bookkeeping),
 //! [`stats`] (histograms and counters), [`engine`] (pinned executors and the main thread),
 //! [`progress`] (the progress lines and the interval log during the run), [`report`] (the exit
-//! report and the output files), [`plot`] (the latency plot).
+//! report and the output files), [`plot`] (the latency plot), [`fleet`] (`--distribute`:
+//! routing over several hosts, and the per-host tallies).
 
 mod check;
 mod cli;
@@ -16,6 +17,7 @@ mod codec;
 mod conn;
 mod context;
 mod engine;
+mod fleet;
 mod plot;
 mod progress;
 mod report;

@@ -142,6 +142,7 @@ pub fn json_summary(plan: &Plan, outcome: &Outcome) -> Value {
         "workload": format!("{:?}", plan.workload).to_lowercase(),
         "mix": plan.mix.to_string(),
         "targets": plan.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "hosts": plan.distribute.map(|_| crate::fleet::json_hosts(plan, &outcome.total.hosts)),
         "hit_ratio": plan.is_cache().then(|| counts.hit_ratio()),
         "cache": plan.is_cache().then(|| cache_summary(plan, outcome)),
     })
@@ -304,6 +305,9 @@ pub fn text_report(plan: &Plan, outcome: &Outcome) -> String {
             counts.late_sends,
             counts.max_send_lag_ns as f64 / NS_PER_MS
         );
+    }
+    if plan.distribute.is_some() {
+        out.push_str(&crate::fleet::report_lines(plan, &outcome.total.hosts));
     }
     for w in warnings(plan, outcome) {
         let _ = writeln!(out, "Warning: {w}");

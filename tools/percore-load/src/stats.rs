@@ -85,10 +85,12 @@ pub enum ErrorKind {
     /// --verify-keys: a key with an acknowledged set that could not be read back because its
     /// connection had ended.
     Unverified,
+    /// --distribute: an operation not sent because its host's connection had failed.
+    HostDown,
 }
 
 impl ErrorKind {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
         ErrorKind::Lost,
         ErrorKind::UnknownId,
@@ -108,6 +110,7 @@ impl ErrorKind {
         ErrorKind::VerifyMissing,
         ErrorKind::VerifyStale,
         ErrorKind::Unverified,
+        ErrorKind::HostDown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -130,6 +133,7 @@ impl ErrorKind {
             ErrorKind::VerifyMissing => "verify_missing",
             ErrorKind::VerifyStale => "verify_stale",
             ErrorKind::Unverified => "unverified",
+            ErrorKind::HostDown => "host_down",
         }
     }
 
@@ -249,6 +253,8 @@ pub struct Recorder {
     pub interval_counts: Counts,
     /// When the last measured reply arrived.
     pub last_reply: Option<Instant>,
+    /// --distribute: what each host was sent, by target.
+    pub hosts: Vec<crate::fleet::HostTally>,
 }
 
 impl Default for Recorder {
@@ -267,6 +273,7 @@ impl Recorder {
             counts: Counts::default(),
             interval_counts: Counts::default(),
             last_reply: None,
+            hosts: Vec::new(),
         }
     }
 
@@ -354,6 +361,7 @@ impl Recorder {
         }
         self.counts.add(&other.counts);
         self.last_reply = self.last_reply.max(other.last_reply);
+        crate::fleet::merge(&mut self.hosts, &other.hosts);
     }
 }
 
