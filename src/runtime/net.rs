@@ -28,11 +28,13 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> 
     Ok(socket)
 }
 
-/// Fails with `AddrInUse` if any other socket is bound to `addr`.
+/// Fails with `AddrInUse` if another socket listens on `addr`.
 ///
 /// SO_REUSEPORT lets every socket of the same user that also sets it share a port, so without
 /// this check a second server started on a taken port would silently split its traffic with
-/// the first. A socket bound without SO_REUSEPORT is refused by any socket already there.
+/// the first. A socket bound without SO_REUSEPORT is refused by any listener already there.
+/// The probe sets SO_REUSEADDR, so the connections a stopped or killed server left behind
+/// (TIME_WAIT, FIN_WAIT) do not keep its successor off the port for a minute.
 pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
@@ -41,6 +43,7 @@ pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
     if addr.is_ipv6() {
         probe.set_only_v6(true)?;
     }
+    probe.set_reuse_address(true)?;
     probe.bind(&SockAddr::from(addr))
 }
 
@@ -295,5 +298,33 @@ impl Conn {
             .shutdown(std::net::Shutdown::Write)
             .await
             .map_err(io::Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A port with a live listener is taken; one whose last server left only a closed
+    /// connection behind (TIME_WAIT, the server having closed first) is free.
+    #[test]
+    fn a_port_is_taken_by_a_listener_not_by_what_a_stopped_server_left() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(
+            ensure_port_free(addr).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        drop(served);
+        drop(listener);
+        // The client sees the close, and the server's side of the connection waits out
+        // TIME_WAIT on the listener's port.
+        assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(client);
+        ensure_port_free(addr).expect("only a TIME_WAIT connection holds the port");
     }
 }
