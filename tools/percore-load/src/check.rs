@@ -7,6 +7,10 @@
 //! asked or a later one (the ones passed over are misses), and END settles the rest as misses.
 //! Every key counts once, as an operation or as an error.
 //!
+//! The cache workload compares every hit with the one value its key has ([`keyed_value`]),
+//! and queues a set of each key that missed ([`Fill`]); the slot sends those before anything
+//! new. A get of the `--scan-after` pass is counted apart, so the hit ratio is that of drawn keys.
+//!
 //! With `--verify-keys` a slot sets and deletes only its own keys ([`own_key`]: those equal to
 //! its index modulo the connections), remembers per key the last acknowledged set or delete by
 //! request id (its writes of a key reach the owner core in the order sent), and after the run
@@ -22,7 +26,7 @@ use percore::protocol::Status;
 use crate::codec::{Body, Codec, ProtocolKind, ReplyTo};
 use crate::context::CoreCtx;
 use crate::stats::{ErrorKind, Phase};
-use crate::workload::{make_value, value_is_intact, write_key, LoadOp};
+use crate::workload::{keyed_value, make_value, value_is_intact, write_key, LoadOp};
 
 /// A request in flight.
 #[derive(Clone, Copy)]
@@ -41,6 +45,17 @@ pub struct Pending {
     pub len: usize,
     /// Set: where the value's content starts in the pool.
     pub content: usize,
+    /// A get of the cache workload's --scan-after pass.
+    pub scan: bool,
+}
+
+/// The cache workload's set of a key whose get missed, waiting for room in the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Fill {
+    pub key: u64,
+    pub phase: Phase,
+    /// When the miss was seen: the set's intended send time.
+    pub missed_at: Instant,
 }
 
 /// The last acknowledged write of one key (--verify-keys): enough to write its value again.
@@ -99,6 +114,40 @@ pub struct Book {
     /// --verify-keys: the last acknowledged write of each of this slot's keys, key `index +
     /// i * connections` at `i`; empty without the flag.
     pub acked: Vec<Acked>,
+    /// Cache workload: sets of keys that missed, oldest first. Each get in flight adds at most
+    /// one, and they go out before any new get, so there are never more than --pipeline.
+    pub fills: VecDeque<Fill>,
+    /// Cache workload with --scan-after: this slot's part of the pass.
+    pub scan: Option<ScanPart>,
+}
+
+/// One slot's part of the cache workload's --scan-after pass: after its share of the gets
+/// before the pass, its next gets take the pass's keys `first, first + step, ...` below `end`
+/// (slot i of n starts at keys + i, steps by n), then draw again.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanPart {
+    /// Measured gets of this slot so far, and how many come before its part of the pass.
+    pub gets: u64,
+    pub after: u64,
+    pub next: u64,
+    pub step: u64,
+    pub end: u64,
+}
+
+impl ScanPart {
+    /// The key of this slot's next get in `phase` if it is one of the pass's.
+    pub fn next_key(&mut self, phase: Phase) -> Option<u64> {
+        if phase != Phase::Measured {
+            return None;
+        }
+        self.gets += 1;
+        if self.gets <= self.after || self.next >= self.end {
+            return None;
+        }
+        let key = self.next;
+        self.next += self.step;
+        Some(key)
+    }
 }
 
 impl Book {
@@ -213,6 +262,17 @@ impl Book {
         if !value_is_intact(expected, value) {
             return Err(ErrorKind::CorruptValue);
         }
+        if ctx.plan.is_cache() {
+            // Intact is not enough: the key has one value, and a hit must be it exactly.
+            let plan = &ctx.plan;
+            let (len, at) = keyed_value(index, plan.value_size, ctx.pool.len());
+            make_value(expected, &ctx.pool[at..], len, &mut self.value);
+            return if value == self.value.as_slice() {
+                Ok(())
+            } else {
+                Err(ErrorKind::CorruptValue)
+            };
+        }
         if phase != Phase::Verify {
             return Ok(());
         }
@@ -271,6 +331,18 @@ impl Book {
             }
         };
         rec.reply(p.op, p.phase, p.intended, p.sent, now, ok, misses);
+        if ctx.plan.is_cache() && ok == 1 {
+            if p.scan {
+                rec.scan_lookup(p.phase, misses == 1);
+            }
+            if misses == 1 {
+                self.fills.push_back(Fill {
+                    key: p.arg,
+                    phase: p.phase,
+                    missed_at: now,
+                });
+            }
+        }
     }
 
     /// The reply to request `id`, `p`, which is no get.
@@ -345,6 +417,37 @@ pub fn own_key(key: u64, slot: u64, slots: u64, keys: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_part_takes_its_keys_after_its_share_of_gets() {
+        // Slot 1 of 4, the pass over keys 100..110 after 3 of its measured gets.
+        let mut part = ScanPart {
+            gets: 0,
+            after: 3,
+            next: 101,
+            step: 4,
+            end: 110,
+        };
+        assert_eq!(
+            part.next_key(Phase::Warmup),
+            None,
+            "warmup gets do not count"
+        );
+        let keys: Vec<Option<u64>> = (0..8).map(|_| part.next_key(Phase::Measured)).collect();
+        assert_eq!(
+            keys,
+            [
+                None,
+                None,
+                None,
+                Some(101),
+                Some(105),
+                Some(109),
+                None,
+                None
+            ]
+        );
+    }
 
     #[test]
     fn each_key_has_one_writer() {

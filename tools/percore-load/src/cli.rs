@@ -80,7 +80,11 @@ pub struct Args {
     pub idle_poll: Dur,
 
     /// What to send: ping (echo a payload of --value-size), get, set, delete, mixed (--mix),
-    /// compute
+    /// compute, or cache: cache-aside, a get of a drawn key and, when it misses, a set of that
+    /// key (the fill). A key's value is fixed by the key, its size too (uniform over a
+    /// --value-size range), so every hit is compared byte for byte. --rate and --requests
+    /// count the gets; fills go out on top, as soon as the miss is seen. Reports the hit ratio,
+    /// overall and per second
     #[arg(long, value_enum, default_value_t = WorkloadKind::Ping)]
     pub workload: WorkloadKind,
 
@@ -151,7 +155,8 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "5s")]
     pub timeout: Dur,
 
-    /// Seed of the key, size and operation draws, so runs can be repeated
+    /// Seed of the key, size and operation draws, so runs can be repeated (the bytes of values
+    /// do not depend on it)
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
 
@@ -173,6 +178,18 @@ pub struct Args {
     /// No progress lines on stderr
     #[arg(long)]
     pub quiet: bool,
+
+    /// Cache workload: after this many measured gets in total (each connection after its
+    /// share, so the point is the same in the request stream whatever the server's speed), the
+    /// gets stop drawing keys and pass once, in order, over --scan-keys keys outside the
+    /// keyspace (so cold), filling each as it misses, then draw again. The pass's own lookups
+    /// count against --requests but apart from the hit ratio
+    #[arg(long, value_name = "N", requires = "scan_keys")]
+    pub scan_after: Option<u64>,
+
+    /// Keys of the --scan-after pass, spread over the connections
+    #[arg(long, value_name = "N", requires = "scan_after")]
+    pub scan_keys: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -183,6 +200,7 @@ pub enum WorkloadKind {
     Delete,
     Mixed,
     Compute,
+    Cache,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -196,6 +214,15 @@ pub enum AlgoArg {
 pub enum Stop {
     After(Duration),
     Requests(u64),
+}
+
+/// The cache workload's one-time pass over cold keys (--scan-after, --scan-keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Measured gets before it, over all connections.
+    pub after: u64,
+    /// Key indexes `keys..keys + count`, past the keyspace.
+    pub count: u64,
 }
 
 /// A checked run.
@@ -229,6 +256,7 @@ pub struct Plan {
     pub hgrm: Option<PathBuf>,
     pub hlog: Option<PathBuf>,
     pub quiet: bool,
+    pub scan: Option<Scan>,
 }
 
 impl Plan {
@@ -271,12 +299,28 @@ impl Plan {
         if args.keys == 0 {
             bail!("--keys must be at least 1");
         }
-        let need = min_key_size(args.keys);
+        let scan = match (args.scan_after, args.scan_keys) {
+            (Some(after), Some(count)) => {
+                if args.workload != WorkloadKind::Cache {
+                    bail!("--scan-after and --scan-keys are a pass of the cache workload: use --workload cache");
+                }
+                if count == 0 {
+                    bail!("--scan-keys must be at least 1");
+                }
+                if args.keys.checked_add(count).is_none() {
+                    bail!("--keys plus --scan-keys is more keys than there are numbers");
+                }
+                Some(Scan { after, count })
+            }
+            // clap makes each flag require the other.
+            _ => None,
+        };
+        let need = min_key_size(args.keys + scan.map_or(0, |s| s.count));
         if args.key_size < need || args.key_size > MAX_KEY_LEN {
             bail!(
                 "--key-size {}: {} keys need keys of {need} to {MAX_KEY_LEN} bytes",
                 args.key_size,
-                args.keys
+                args.keys + scan.map_or(0, |s| s.count)
             );
         }
         if args.value_size.max > MAX_VALUE_LEN {
@@ -289,8 +333,19 @@ impl Plan {
             WorkloadKind::Delete => Mix::only(LoadOp::Delete),
             WorkloadKind::Compute => Mix::only(LoadOp::Compute),
             WorkloadKind::Mixed => args.mix.clone(),
+            // The draws are gets; sets follow misses (`Plan::ops` adds them).
+            WorkloadKind::Cache => Mix::only(LoadOp::Get),
         };
-        let ops = mix.ops();
+        let mut ops = mix.ops();
+        if args.workload == WorkloadKind::Cache {
+            ops.push(LoadOp::Set);
+            if args.verify_keys {
+                bail!("--verify-keys needs every write kept, and a cache evicts: the cache workload compares every hit byte for byte instead");
+            }
+            if args.multiget > 1 {
+                bail!("--multiget: the cache workload sends one key per get, to fill each miss");
+            }
+        }
         if ops.contains(&LoadOp::Set) && args.value_size.min < CHECKSUM_LEN {
             bail!("--value-size: values carry a {CHECKSUM_LEN}-byte checksum, so they are at least {CHECKSUM_LEN} bytes");
         }
@@ -367,6 +422,7 @@ impl Plan {
             hgrm: args.hgrm,
             hlog: args.hlog,
             quiet: args.quiet,
+            scan,
         })
     }
 
@@ -389,7 +445,11 @@ impl Plan {
         let mut line = format!(
             "{mode}, {stop}, workload {} ({}), {} connections x pipeline {} on {} core(s), target {targets}{}",
             format!("{:?}", self.workload).to_lowercase(),
-            self.mix,
+            if self.is_cache() {
+                "get, and set on a miss".to_owned()
+            } else {
+                self.mix.to_string()
+            },
             self.connections,
             self.pipeline,
             self.cpus.len(),
@@ -401,13 +461,34 @@ impl Plan {
         if self.verify_keys {
             line += ", verify-keys";
         }
+        if let Some(scan) = self.scan {
+            line += &format!(
+                ", a pass over {} cold keys after {} gets",
+                scan.count, scan.after
+            );
+        }
         line
+    }
+
+    /// The operations the run sends: the mix's, and for the cache workload the sets that fill
+    /// its misses.
+    pub fn ops(&self) -> Vec<LoadOp> {
+        let mut ops = self.mix.ops();
+        if self.is_cache() && !ops.contains(&LoadOp::Set) {
+            ops.push(LoadOp::Set);
+        }
+        ops
+    }
+
+    /// The cache-aside workload: gets, and a set after each miss.
+    pub fn is_cache(&self) -> bool {
+        self.workload == WorkloadKind::Cache
     }
 
     /// Whether a get may miss without being wrong: the keyspace was not prefilled, or the
     /// workload deletes.
     pub fn gets_may_miss(&self) -> bool {
-        !self.prefill || self.mix.ops().contains(&LoadOp::Delete)
+        !self.prefill || self.is_cache() || self.mix.ops().contains(&LoadOp::Delete)
     }
 }
 
@@ -513,5 +594,89 @@ mod tests {
         .unwrap();
         assert_eq!(p.mix.ops(), vec![LoadOp::Get, LoadOp::Set]);
         assert_eq!(p.rate, Some(100));
+    }
+
+    #[test]
+    fn cache_workload_checks() {
+        let p = plan(&["--workload", "cache", "--prefill", "--mix", "set:1"]).unwrap();
+        assert_eq!(
+            p.ops(),
+            vec![LoadOp::Get, LoadOp::Set],
+            "--mix is not the cache's"
+        );
+        assert!(p.gets_may_miss(), "a cache misses even after a prefill");
+        assert!(plan(&["--workload", "cache", "--protocol", "memcached"]).is_ok());
+        assert!(plan(&["--workload", "cache", "--verify-keys", "--prefill"]).is_err());
+        assert!(plan(&[
+            "--workload",
+            "cache",
+            "--protocol",
+            "memcached",
+            "--multiget",
+            "4"
+        ])
+        .is_err());
+        assert!(plan(&["--workload", "cache", "--value-size", "3"]).is_err());
+        let p = plan(&[
+            "--workload",
+            "cache",
+            "--keys",
+            "1000",
+            "--key-size",
+            "5",
+            "--scan-after",
+            "2000",
+            "--scan-keys",
+            "9000",
+        ])
+        .unwrap();
+        assert_eq!(
+            p.scan,
+            Some(Scan {
+                after: 2000,
+                count: 9000
+            })
+        );
+        assert!(
+            p.describe().contains("9000 cold keys after 2000 gets"),
+            "{}",
+            p.describe()
+        );
+        // The pass's keys are past the keyspace, so they must fit the key size too.
+        assert!(plan(&[
+            "--workload",
+            "cache",
+            "--keys",
+            "1000",
+            "--key-size",
+            "5",
+            "--scan-after",
+            "2000",
+            "--scan-keys",
+            "10000"
+        ])
+        .is_err());
+        assert!(
+            plan(&["--workload", "cache", "--scan-after", "2000"]).is_err(),
+            "no --scan-keys"
+        );
+        assert!(plan(&[
+            "--workload",
+            "get",
+            "--scan-after",
+            "2000",
+            "--scan-keys",
+            "5"
+        ])
+        .is_err());
+        assert!(plan(&[
+            "--workload",
+            "cache",
+            "--scan-after",
+            "2000",
+            "--scan-keys",
+            "0"
+        ])
+        .is_err());
     }
 }

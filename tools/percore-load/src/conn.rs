@@ -13,10 +13,13 @@
 //! as in a shutdown that answered everything sent), or with requests in flight, which are then
 //! lost. A `ShuttingDown` reply is no error; the slot sends nothing more after one.
 //!
+//! The cache workload's sets of missed keys ([`Fill`]) go out before anything the schedule
+//! has due, outside it (--rate and --requests count the gets).
+//!
 //! With `--verify-keys` a slot writes only its own keys ([`own_key`]) and, after its run, reads
 //! every key it wrote back ([`Slot::verify`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -30,12 +33,12 @@ use bytes::{Buf, BytesMut};
 use percore::client::Client;
 use percore::runtime::{self, net::Conn};
 
-use crate::check::{own_key, Acked, Book, InOrder, Pending};
+use crate::check::{own_key, Acked, Book, Fill, InOrder, Pending, ScanPart};
 use crate::codec::{Codec, Parsed, ProtocolKind, Request};
 use crate::context::CoreCtx;
 use crate::schedule::{Due, Schedule};
 use crate::stats::{ErrorKind, Phase};
-use crate::workload::{make_value, write_key, LoadOp};
+use crate::workload::{keyed_value, make_value, write_key, LoadOp};
 
 /// An open-loop request sent later than this after its intended time while the pipeline had
 /// room is the generator's own lateness (the server cannot be blamed), and is counted.
@@ -126,6 +129,17 @@ impl Slot {
             value: Vec::new(),
             key: [0; 250],
             last_progress: Instant::now(),
+            fills: VecDeque::with_capacity(if plan.is_cache() { plan.pipeline } else { 0 }),
+            scan: plan.scan.map(|scan| {
+                let (slot, slots) = (index as u64, plan.connections as u64);
+                ScanPart {
+                    gets: 0,
+                    after: scan.after / slots + u64::from(slot < scan.after % slots),
+                    next: plan.keys + slot,
+                    step: slots,
+                    end: plan.keys + scan.count,
+                }
+            }),
             ctx,
         };
         Ok(Slot {
@@ -192,7 +206,25 @@ impl Slot {
         let mut was_full = false;
         loop {
             let now = Instant::now();
+            if schedule.exhausted(now) {
+                // The run is over: a miss seen now is not filled.
+                self.book.fills.clear();
+            }
             while !self.book.stopping && self.book.pending.len() < pipeline {
+                if let Some(fill) = self.book.fills.pop_front() {
+                    let Fill {
+                        key,
+                        phase,
+                        missed_at,
+                    } = fill;
+                    let due = Due {
+                        intended: missed_at,
+                        phase,
+                        key: Some(key),
+                    };
+                    self.issue(due, LoadOp::Set, 1, now);
+                    continue;
+                }
                 let Some(due) = schedule.due(now) else { break };
                 if open && due.phase != Phase::Prefill {
                     let lag = now.saturating_duration_since(due.intended.max(room_since));
@@ -339,6 +371,7 @@ impl Slot {
         let mut len = 0;
         let mut content = 0;
         let mut key_bytes: Option<&[u8]> = None;
+        let mut scan = false;
         let request = match op {
             LoadOp::Ping => {
                 len = plan.value_size.pick(&mut book.rng);
@@ -367,7 +400,15 @@ impl Slot {
                 }
             }
             LoadOp::Get | LoadOp::Set | LoadOp::Delete => {
-                let mut index = due.key.unwrap_or_else(|| ctx.keys.sample(&mut book.rng));
+                let pass_key = match (op, due.key, &mut book.scan) {
+                    (LoadOp::Get, None, Some(part)) => part.next_key(due.phase),
+                    _ => None,
+                };
+                scan = pass_key.is_some();
+                let mut index = due
+                    .key
+                    .or(pass_key)
+                    .unwrap_or_else(|| ctx.keys.sample(&mut book.rng));
                 if op != LoadOp::Get && !book.acked.is_empty() {
                     index = own_key(index, book.index, plan.connections as u64, plan.keys);
                 }
@@ -378,8 +419,12 @@ impl Slot {
                     LoadOp::Get => Request::Get { key },
                     LoadOp::Delete => Request::Delete { key },
                     _ => {
-                        let size = plan.value_size.pick(&mut book.rng);
-                        let offset = book.rng.usize(0..=ctx.pool.len() - size);
+                        let (size, offset) = if plan.is_cache() {
+                            keyed_value(index, plan.value_size, ctx.pool.len())
+                        } else {
+                            let size = plan.value_size.pick(&mut book.rng);
+                            (size, book.rng.usize(0..=ctx.pool.len() - size))
+                        };
                         (len, content) = (size, offset);
                         make_value(key, &ctx.pool[offset..], size, &mut book.value);
                         Request::Set {
@@ -429,6 +474,7 @@ impl Slot {
                 arg,
                 len,
                 content,
+                scan,
             },
         );
         let mut rec = ctx.recorder.borrow_mut();

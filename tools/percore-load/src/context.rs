@@ -8,6 +8,9 @@ use crate::cli::Plan;
 use crate::stats::Recorder;
 use crate::workload::{KeySampler, LoadOp};
 
+/// The seed of the byte pool: a constant, not --seed, which is for the draws.
+const POOL_SEED: u64 = 0x7065_7263_6f72_6531;
+
 /// Distinct compute inputs; their digests are computed once per core, so checking a compute
 /// reply costs a comparison, not a second computation.
 const COMPUTE_CASES: usize = 16;
@@ -20,7 +23,8 @@ pub struct ComputeCase {
 }
 
 /// What the slots of one core share: the plan, a pool of random bytes that payloads, values
-/// and compute inputs are cut from (so sending allocates nothing), and the core's recorder.
+/// and compute inputs are cut from (so sending allocates nothing; the same on every core), and
+/// the core's recorder.
 pub struct CoreCtx {
     pub plan: Rc<Plan>,
     pub pool: Vec<u8>,
@@ -31,10 +35,13 @@ pub struct CoreCtx {
 
 impl CoreCtx {
     pub fn new(plan: Rc<Plan>, core: usize) -> CoreCtx {
-        let mut rng = fastrand::Rng::with_seed(plan.seed ^ (core as u64).wrapping_mul(0x9e37_79b9));
+        // The pool is the same on every core and in every run (with the same --value-size), so
+        // the cache workload's value of a key is the same bytes whoever writes or checks it.
+        let mut pool_rng = fastrand::Rng::with_seed(POOL_SEED);
         // Twice the largest value, so values start at many different offsets.
         let pool_len = (2 * plan.value_size.max).max(4096);
-        let pool: Vec<u8> = (0..pool_len).map(|_| rng.u8(..)).collect();
+        let pool: Vec<u8> = (0..pool_len).map(|_| pool_rng.u8(..)).collect();
+        let mut rng = fastrand::Rng::with_seed(plan.seed ^ (core as u64).wrapping_mul(0x9e37_79b9));
         let compute = if plan.mix.ops().contains(&LoadOp::Compute) {
             (0..COMPUTE_CASES)
                 .map(|_| {

@@ -23,7 +23,7 @@ use percore::runtime::{self, Executor};
 use crate::cli::{Plan, Stop};
 use crate::conn::Slot;
 use crate::context::CoreCtx;
-use crate::progress::Progress;
+use crate::progress::{CacheSecond, Progress};
 use crate::schedule::Schedule;
 use crate::stats::{first_tick, tick_time, Recorder, Tick};
 
@@ -38,6 +38,8 @@ pub struct Outcome {
     pub duration: Duration,
     /// Intervals dropped because the main thread fell behind.
     pub dropped_ticks: u64,
+    /// The cache workload's lookups and hits per interval, warmup's included.
+    pub cache_seconds: Vec<CacheSecond>,
 }
 
 pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
@@ -92,6 +94,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
         progress.add(tick)?;
     }
     progress.finish()?;
+    let cache_seconds = progress.take_cache_seconds();
 
     let mut total = Recorder::new();
     let mut first_error = start_error;
@@ -122,6 +125,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
         total,
         duration,
         dropped_ticks: dropped.load(Ordering::Relaxed),
+        cache_seconds,
     })
 }
 

@@ -1,6 +1,8 @@
 //! The run as it goes: once every core has reported a second's interval, the progress line
-//! (stderr: throughput, p50, p99, errors) and the HdrHistogram interval log (`--hlog`), one
-//! histogram per interval for all operations and, in a mixed run, one per operation.
+//! (stderr: throughput, p50, p99, errors, and the cache workload's hit ratio) and the
+//! HdrHistogram interval log (`--hlog`), one histogram per interval for all operations and,
+//! in a mixed run, one per operation. The cache workload's lookups and hits of every interval
+//! are kept for the report ([`CacheSecond`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,6 +29,16 @@ struct Interval {
     counts: Counts,
 }
 
+/// One interval's cache lookups (the --scan-after pass left out) and hits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheSecond {
+    /// When the interval ended, in seconds after measure start (warmup's are 0 or less).
+    pub end_s: f64,
+    pub length_s: f64,
+    pub lookups: u64,
+    pub hits: u64,
+}
+
 /// The main thread's side of the run: gathers each second's intervals from every core, prints
 /// the progress line and writes the interval log.
 pub struct Progress {
@@ -37,6 +49,8 @@ pub struct Progress {
     ops: Vec<LoadOp>,
     pending: BTreeMap<i64, Interval>,
     hlog: Option<HlogFile>,
+    /// The cache workload's intervals so far; `None` for other workloads.
+    cache: Option<Vec<CacheSecond>>,
 }
 
 /// An HdrHistogram interval log (format 1.3, as Java's `HistogramLogWriter` writes it):
@@ -125,9 +139,10 @@ impl Progress {
             cores,
             start,
             measure_start,
-            ops: plan.mix.ops(),
+            ops: plan.ops(),
             pending: BTreeMap::new(),
             hlog,
+            cache: plan.is_cache().then(Vec::new),
         })
     }
 
@@ -156,6 +171,11 @@ impl Progress {
         Ok(())
     }
 
+    /// The cache workload's intervals (empty for other workloads).
+    pub fn take_cache_seconds(&mut self) -> Vec<CacheSecond> {
+        self.cache.take().unwrap_or_default()
+    }
+
     /// Shows what is left once every core has finished.
     pub fn finish(&mut self) -> anyhow::Result<()> {
         while let Some((index, interval)) = self.pending.pop_first() {
@@ -180,6 +200,15 @@ impl Progress {
             return Ok(());
         }
         let all = merged(&interval.latency);
+        let (lookups, hits) = interval.counts.cache_lookups();
+        if let Some(cache) = &mut self.cache {
+            cache.push(CacheSecond {
+                end_s: signed_secs(interval.end, self.measure_start),
+                length_s: length.as_secs_f64(),
+                lookups,
+                hits,
+            });
+        }
         // The last interval of a run is often a sliver (replies still arriving after the end):
         // a rate over a few milliseconds would only mislead, so it goes to the log only.
         if !self.quiet && length >= Duration::from_millis(100) {
@@ -189,8 +218,13 @@ impl Progress {
             } else {
                 (percentile_ms(&all, 0.5), percentile_ms(&all, 0.99))
             };
+            let hit_ratio = match (&self.cache, lookups) {
+                (None, _) => String::new(),
+                (Some(_), 0) => "  hit -".to_owned(),
+                (Some(_), n) => format!("  hit {:.4}", hits as f64 / n as f64),
+            };
             eprintln!(
-                "[{:>6.1}s] {:>10.0} ops/s  p50 {p50:>8.3} ms  p99 {p99:>8.3} ms  errors {}{}",
+                "[{:>6.1}s] {:>10.0} ops/s  p50 {p50:>8.3} ms  p99 {p99:>8.3} ms  errors {}{hit_ratio}{}",
                 interval
                     .end
                     .saturating_duration_since(self.start)
@@ -217,5 +251,14 @@ impl Progress {
             }
         }
         Ok(())
+    }
+}
+
+/// `at - from` in seconds, negative when `at` is earlier.
+fn signed_secs(at: Instant, from: Instant) -> f64 {
+    if at >= from {
+        (at - from).as_secs_f64()
+    } else {
+        -(from - at).as_secs_f64()
     }
 }

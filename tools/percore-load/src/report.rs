@@ -103,7 +103,7 @@ pub fn json_summary(plan: &Plan, outcome: &Outcome) -> Value {
         .iter()
         .map(|k| (k.name().to_owned(), json!(counts.errors[*k as usize])))
         .collect();
-    let ops = plan.mix.ops();
+    let ops = plan.ops();
     let per_op = |hs: &[Histogram<u64>]| -> Map<String, Value> {
         ops.iter()
             .map(|op| (op.name().to_owned(), summary_us(&hs[op.index()])))
@@ -142,6 +142,40 @@ pub fn json_summary(plan: &Plan, outcome: &Outcome) -> Value {
         "workload": format!("{:?}", plan.workload).to_lowercase(),
         "mix": plan.mix.to_string(),
         "targets": plan.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "hit_ratio": plan.is_cache().then(|| counts.hit_ratio()),
+        "cache": plan.is_cache().then(|| cache_summary(plan, outcome)),
+    })
+}
+
+/// The cache workload's part of the JSON: what the hit ratio is made of, and its intervals.
+fn cache_summary(plan: &Plan, outcome: &Outcome) -> Value {
+    let counts = &outcome.total.counts;
+    let (lookups, hits) = counts.cache_lookups();
+    let seconds: Vec<Value> = outcome
+        .cache_seconds
+        .iter()
+        .map(|s| {
+            json!({
+                "end_s": s.end_s,
+                "length_s": s.length_s,
+                "lookups": s.lookups,
+                "hits": s.hits,
+                "hit_ratio": (s.lookups > 0).then(|| s.hits as f64 / s.lookups as f64),
+            })
+        })
+        .collect();
+    json!({
+        "lookups": lookups,
+        "hits": hits,
+        "misses": lookups - hits,
+        "fills": counts.ops[LoadOp::Set.index()],
+        "scan": plan.scan.map(|scan| json!({
+            "after": scan.after,
+            "keys": scan.count,
+            "lookups": counts.scan_lookups,
+            "misses": counts.scan_misses,
+        })),
+        "per_second": seconds,
     })
 }
 
@@ -193,6 +227,33 @@ pub fn text_report(plan: &Plan, outcome: &Outcome) -> String {
     );
     if plan.mix.ops().contains(&LoadOp::Get) {
         let _ = writeln!(out, "Get misses: {}", counts.misses);
+    }
+    if plan.is_cache() {
+        let (lookups, hits) = counts.cache_lookups();
+        let ratio = counts
+            .hit_ratio()
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.4}"));
+        let _ = writeln!(
+            out,
+            "Cache: hit ratio {ratio} ({hits} hits of {lookups} gets; {} fills)",
+            counts.ops[LoadOp::Set.index()]
+        );
+        if let Some(scan) = plan.scan {
+            let _ = writeln!(
+                out,
+                "Scan pass: {} of {} cold keys looked up ({} missed), left out of the hit ratio",
+                counts.scan_lookups, scan.count, counts.scan_misses
+            );
+        }
+        let per_second: Vec<String> = outcome
+            .cache_seconds
+            .iter()
+            .filter(|s| s.end_s > 0.0 && s.length_s >= 0.1 && s.lookups > 0)
+            .map(|s| format!("{:.3}", s.hits as f64 / s.lookups as f64))
+            .collect();
+        if !per_second.is_empty() {
+            let _ = writeln!(out, "Hit ratio per second: {}", per_second.join(" "));
+        }
     }
     let errors: Vec<String> = ErrorKind::ALL
         .iter()
@@ -247,7 +308,7 @@ pub fn text_report(plan: &Plan, outcome: &Outcome) -> String {
     for w in warnings(plan, outcome) {
         let _ = writeln!(out, "Warning: {w}");
     }
-    for op in plan.mix.ops() {
+    for op in plan.ops() {
         let latency = &outcome.total.latency[op.index()];
         let what = if plan.rate.is_some() {
             "latency from intended send time (corrected for coordinated omission)"
@@ -296,7 +357,7 @@ fn per_op_path(path: &Path, op: LoadOp) -> PathBuf {
 /// Writes the --hgrm and --json files the plan asks for.
 pub fn write_files(plan: &Plan, outcome: &Outcome) -> anyhow::Result<()> {
     if let Some(path) = &plan.hgrm {
-        let ops = plan.mix.ops();
+        let ops = plan.ops();
         let all = merged(&outcome.total.latency);
         std::fs::write(path, percentile_distribution(&all, NS_PER_MS))
             .with_context(|| format!("cannot write --hgrm {}", path.display()))?;

@@ -175,6 +175,10 @@ pub struct Counts {
     /// --verify-keys: keys read back, and those that held their last acknowledged value.
     pub verify_checked: u64,
     pub verified: u64,
+    /// Cache workload: the gets of the --scan-after pass, and those of them that missed (also
+    /// counted in `ops` and `misses`, which the hit ratio leaves them out of).
+    pub scan_lookups: u64,
+    pub scan_misses: u64,
 }
 
 impl Counts {
@@ -194,6 +198,8 @@ impl Counts {
         self.closed_clean += other.closed_clean;
         self.verify_checked += other.verify_checked;
         self.verified += other.verified;
+        self.scan_lookups += other.scan_lookups;
+        self.scan_misses += other.scan_misses;
     }
 
     pub fn total_ops(&self) -> u64 {
@@ -202,6 +208,19 @@ impl Counts {
 
     pub fn total_errors(&self) -> u64 {
         self.errors.iter().sum()
+    }
+
+    /// Cache workload: the gets of drawn keys (the --scan-after pass left out), and how many hit.
+    pub fn cache_lookups(&self) -> (u64, u64) {
+        let lookups = self.ops[LoadOp::Get.index()].saturating_sub(self.scan_lookups);
+        let misses = self.misses.saturating_sub(self.scan_misses);
+        (lookups, lookups.saturating_sub(misses))
+    }
+
+    /// The hit ratio of [`Counts::cache_lookups`]; `None` without lookups.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let (lookups, hits) = self.cache_lookups();
+        (lookups > 0).then(|| hits as f64 / lookups as f64)
     }
 }
 
@@ -271,6 +290,7 @@ impl Recorder {
         let corrected = nanos(now.saturating_duration_since(intended));
         self.interval[op.index()].saturating_record_n(corrected, ops);
         self.interval_counts.ops[op.index()] += ops;
+        self.interval_counts.misses += misses;
         if phase != Phase::Measured {
             return;
         }
@@ -280,6 +300,23 @@ impl Recorder {
         self.counts.ops[op.index()] += ops;
         self.counts.misses += misses;
         self.last_reply = Some(now);
+    }
+
+    /// A get of the cache workload's --scan-after pass, answered rightly, after its
+    /// [`Recorder::reply`].
+    pub fn scan_lookup(&mut self, phase: Phase, missed: bool) {
+        for (counts, counted) in [
+            (
+                &mut self.interval_counts,
+                phase != Phase::Prefill && phase != Phase::Verify,
+            ),
+            (&mut self.counts, phase == Phase::Measured),
+        ] {
+            if counted {
+                counts.scan_lookups += 1;
+                counts.scan_misses += u64::from(missed);
+            }
+        }
     }
 
     /// A wrong or missing reply, in any phase.
@@ -388,6 +425,21 @@ mod tests {
         assert_eq!(total.counts.total_ops(), 2);
         assert_eq!(total.counts.total_errors(), 2);
         assert_eq!(total.latency[1].len(), 2);
+        // Interval misses come with the warmup's too; the pass's lookups are left out of the
+        // hit ratio.
+        let mut r = Recorder::new();
+        r.reply(LoadOp::Get, Phase::Warmup, t0, t0, t2, 1, 1);
+        for missed in [0, 1, 1, 0] {
+            r.reply(LoadOp::Get, Phase::Measured, t0, t0, t2, 1, missed);
+        }
+        r.reply(LoadOp::Get, Phase::Measured, t0, t0, t2, 1, 1);
+        r.scan_lookup(Phase::Measured, true);
+        assert_eq!(r.counts.cache_lookups(), (4, 2));
+        assert_eq!(r.counts.hit_ratio(), Some(0.5));
+        let (_, interval) = r.take_interval();
+        assert_eq!((interval.misses, interval.scan_misses), (4, 1));
+        assert_eq!(interval.cache_lookups(), (5, 2));
+        assert_eq!(Counts::default().hit_ratio(), None);
         // A multi-key get: one entry per key, all with the request's latency.
         let mut r = Recorder::new();
         r.reply(LoadOp::Get, Phase::Measured, t0, t1, t2, 16, 3);

@@ -348,6 +348,29 @@ pub fn min_key_size(keys: u64) -> usize {
     1 + keys.saturating_sub(1).max(1).ilog10() as usize + 1
 }
 
+/// The cache workload's value of key `index`: its length and where its content starts in the
+/// byte pool, both fixed by the key. Every set of a key then writes the same bytes, whichever
+/// connection, core or run (whatever its --seed) sends it, so a hit is compared byte for byte,
+/// also after a run with other draws filled the cache; and with `--value-size MIN-MAX` each
+/// key keeps one size, spread uniformly over the range. `pool_len` must be at least
+/// `sizes.max`.
+pub fn keyed_value(index: u64, sizes: ValueSize, pool_len: usize) -> (usize, usize) {
+    let first = splitmix64(index);
+    let span = (sizes.max - sizes.min) as u64 + 1;
+    let len = sizes.min + (first % span) as usize;
+    let starts = (pool_len.saturating_sub(len) as u64) + 1;
+    let offset = (splitmix64(first) % starts) as usize;
+    (len, offset)
+}
+
+/// SplitMix64's output function: a cheap, well-mixed hash of a 64-bit number.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Bytes a value's checksum takes at its end.
 pub const CHECKSUM_LEN: usize = 4;
 
@@ -449,6 +472,37 @@ mod tests {
         assert_eq!(min_key_size(10), 2);
         assert_eq!(min_key_size(11), 3);
         assert_eq!(min_key_size(100_000), 6);
+    }
+
+    #[test]
+    fn keyed_values_are_fixed_by_the_key_and_spread_over_the_sizes() {
+        let sizes = ValueSize { min: 64, max: 4096 };
+        let pool = 8192;
+        assert_eq!(keyed_value(7, sizes, pool), keyed_value(7, sizes, pool));
+        assert_ne!(keyed_value(7, sizes, pool), keyed_value(8, sizes, pool));
+        let mut below_half = 0;
+        let mut total = 0u64;
+        for index in 0..10_000 {
+            let (len, offset) = keyed_value(index, sizes, pool);
+            assert!((64..=4096).contains(&len), "{len}");
+            assert!(offset + len <= pool, "{offset} + {len}");
+            below_half += usize::from(len < 2080);
+            total += len as u64;
+        }
+        // Uniform over 64..=4096: half below the middle, mean 2080.
+        assert!((4_700..5_300).contains(&below_half), "{below_half}");
+        assert!(
+            (2_000..2_160).contains(&(total / 10_000)),
+            "{}",
+            total / 10_000
+        );
+        let fixed = ValueSize { min: 100, max: 100 };
+        assert!((0..100).all(|i| keyed_value(i, fixed, 200).0 == 100));
+        assert_eq!(
+            keyed_value(5, fixed, 100).1,
+            0,
+            "one place a whole-pool value fits"
+        );
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! correction under a stopped server, the accuracy of a fixed rate, and the memcached protocol:
 //! against an in-test fake (including multi-key gets answered out of order or with keys not
 //! asked for), and against a real memcached, which must be installed. The memcached checks
-//! take the server under test as a parameter, so they can load any implementation.
+//! take the server under test as a parameter, so they can load any implementation. The cache
+//! workload's hit ratio is checked over both protocols, against percore and memcached, with a
+//! keyspace that fits and one ten times the memory, and so are its byte-for-byte checks of hits
+//! and its --scan-after pass.
 //!
 //! Each test starts its own server(s), so they run in parallel; the load generator always runs
-//! on one core. The whole file takes about 20 s of wall time.
+//! on one core. The whole file takes about 30 s of wall time.
 
 mod common;
 
@@ -1325,6 +1328,8 @@ fn help_explains_every_flag_and_its_default() {
         "--json",
         "--hgrm",
         "--hlog",
+        "--scan-after",
+        "--scan-keys",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -1337,4 +1342,326 @@ fn help_explains_every_flag_and_its_default() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+}
+
+/// The `cache` object of a cache workload's JSON.
+fn cache_of(run: &Run) -> &serde_json::Value {
+    &run.json()["cache"]
+}
+
+fn as_u64(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// Cache-aside over a keyspace that fits (500 keys of 64 B-4 KiB, uniform, open loop at 3000
+/// gets/s for 2 s): each key misses about once, on its first get, is filled, and hits from then
+/// on, so the hit ratio is about 1 - 500 / 6000 overall and near 1 in the second second. Every
+/// hit is compared byte for byte (mixed sizes included), also in a second run with other draws.
+fn cache_hits_once_the_keyspace_is_in(target: &[&str]) {
+    let mut all = target.to_vec();
+    let again = all.clone();
+    all.extend_from_slice(&[
+        "--workload",
+        "cache",
+        "--keys",
+        "500",
+        "--value-size",
+        "64-4096",
+        "--connections",
+        "4",
+        "--pipeline",
+        "4",
+        "--rate",
+        "3000",
+        "--duration",
+        "2s",
+    ]);
+    let run = run_load(&all, LIMIT);
+    run.assert_clean();
+    let json = run.json();
+    assert_counts_add_up(json, &["get", "set"]);
+    let cache = cache_of(&run);
+    let (lookups, hits, misses) = (
+        as_u64(&cache["lookups"]),
+        as_u64(&cache["hits"]),
+        as_u64(&cache["misses"]),
+    );
+    assert_eq!(lookups, as_u64(&json["ops_by_operation"]["get"]), "{json}");
+    assert_eq!(hits + misses, lookups);
+    assert_eq!(misses, as_u64(&json["get_misses"]));
+    // Every key is drawn (about 12 gets each), and each one's first get missed; a second get
+    // of a key before its fill landed misses too, which is rare at this rate.
+    assert!((490..=600).contains(&misses), "{}", run.stdout);
+    // The rate is nearly kept, on a machine shared with the server.
+    assert!(lookups > 4000, "{}", run.stdout);
+    let fills = as_u64(&cache["fills"]);
+    assert_eq!(fills, as_u64(&json["ops_by_operation"]["set"]));
+    // A miss answered after the end is not filled: at most what was in flight.
+    assert!(fills <= misses && misses <= fills + 16, "{}", run.stdout);
+    let ratio = json["hit_ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - hits as f64 / lookups as f64).abs() < 1e-9,
+        "{json}"
+    );
+    assert!((0.85..0.96).contains(&ratio), "{}", run.stdout);
+    // Per second: the first pass misses, the second second hits nearly always.
+    let seconds = cache["per_second"].as_array().unwrap();
+    // The second whole one (the run's last interval may end a little early, or be a sliver).
+    let second = seconds
+        .iter()
+        .filter(|s| s["length_s"].as_f64().unwrap() > 0.9)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second second in {seconds:?}"));
+    assert!(second["hit_ratio"].as_f64().unwrap() > 0.98, "{second}");
+    assert!(
+        seconds[0]["hit_ratio"].as_f64().unwrap() < 0.9,
+        "{seconds:?}"
+    );
+    let per_second_lookups: u64 = seconds.iter().map(|s| as_u64(&s["lookups"])).sum();
+    assert_eq!(per_second_lookups, lookups, "no warmup: the seconds add up");
+    assert!(
+        run.stdout.contains(&format!(
+            "Cache: hit ratio {ratio:.4} ({hits} hits of {lookups} gets"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("Hit ratio per second: "),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains(" hit 0.9"), "{}", run.stderr);
+
+    // A run with other draws (another --seed) finds the cache that one filled: every key's
+    // value is the same bytes whatever the seed, so everything it asks for hits, intact.
+    let mut all = again;
+    all.extend_from_slice(&[
+        "--workload",
+        "cache",
+        "--keys",
+        "500",
+        "--value-size",
+        "64-4096",
+        "--seed",
+        "99",
+        "--requests",
+        "2000",
+    ]);
+    let run = run_load(&all, LIMIT);
+    run.assert_clean();
+    let cache = cache_of(&run);
+    assert_eq!(as_u64(&cache["hits"]), 2000, "{}", run.stdout);
+    assert_eq!(run.json()["hit_ratio"], 1.0);
+}
+
+/// Cache-aside over a keyspace about 10 times the server's memory (4 MiB; 10,000 keys of
+/// 4000 B, uniform, closed loop): after a second of warmup the hit ratio is about the share of
+/// the keys that fit, well below 1, yet above 0 (the server keeps what fits).
+fn cache_misses_when_the_keyspace_does_not_fit(target: &[&str]) {
+    let mut all = target.to_vec();
+    all.extend_from_slice(&[
+        "--workload",
+        "cache",
+        "--keys",
+        "10000",
+        "--value-size",
+        "4000",
+        "--connections",
+        "4",
+        "--pipeline",
+        "4",
+        "--warmup",
+        "1s",
+        "--duration",
+        "2s",
+    ]);
+    let run = run_load(&all, LIMIT);
+    run.assert_clean();
+    assert_counts_add_up(run.json(), &["get", "set"]);
+    let ratio = run.json()["hit_ratio"].as_f64().unwrap();
+    assert!((0.01..0.3).contains(&ratio), "{}", run.stdout);
+    let cache = cache_of(&run);
+    assert!(as_u64(&cache["lookups"]) > 1000, "{}", run.stdout);
+    assert!(
+        as_u64(&cache["fills"]) > as_u64(&cache["lookups"]) / 2,
+        "most gets miss and are filled: {}",
+        run.stdout
+    );
+}
+
+#[test]
+fn cache_workload_hit_ratio_follows_the_memory() {
+    let fits = Server::start(&["--cores", "1"]);
+    cache_hits_once_the_keyspace_is_in(&["--target", &fits.target()]);
+    let small = Server::start(&["--cores", "1", "--memory", "4MiB"]);
+    cache_misses_when_the_keyspace_does_not_fit(&["--target", &small.target()]);
+}
+
+fn text_cache_hit_ratio_follows_the_memory(kind: TextServerKind) {
+    let fits = TextServer::start(kind);
+    cache_hits_once_the_keyspace_is_in(&["--protocol", "memcached", "--target", &fits.target()]);
+    let small = TextServer::start_with_memory(kind, Some(4));
+    cache_misses_when_the_keyspace_does_not_fit(&[
+        "--protocol",
+        "memcached",
+        "--target",
+        &small.target(),
+    ]);
+}
+
+#[test]
+fn memcached_cache_hit_ratio_follows_the_memory() {
+    text_cache_hit_ratio_follows_the_memory(TextServerKind::Memcached);
+}
+
+#[test]
+fn percore_memcached_cache_hit_ratio_follows_the_memory() {
+    text_cache_hit_ratio_follows_the_memory(TextServerKind::Percore);
+}
+
+/// A hit with a flipped byte is a corrupt value, not a hit, and fails the run; the cache's
+/// --prefill writes each key's own value, so the rest all hit.
+#[test]
+fn a_corrupted_cache_hit_is_counted_and_fails_the_run() {
+    let server = Server::start(&["--cores", "1"]);
+    let (proxy, flipped) = corrupting_proxy(server.addr, 97);
+    let run = run_load(
+        &[
+            "--target",
+            &proxy,
+            "--workload",
+            "cache",
+            "--prefill",
+            "--keys",
+            "500",
+            "--value-size",
+            "4-1000",
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--requests",
+            "3000",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let flipped = flipped.load(Ordering::SeqCst);
+    assert!(flipped >= 30, "{flipped}");
+    assert_eq!(run.errors("corrupt_value"), flipped);
+    assert_eq!(run.json()["errors_total"], flipped);
+    let cache = cache_of(&run);
+    assert_eq!(as_u64(&cache["misses"]), 0, "{}", run.stdout);
+    assert_eq!(as_u64(&cache["fills"]), 0, "a corrupt hit is not filled");
+    assert_eq!(as_u64(&cache["hits"]) + flipped, 3000);
+}
+
+/// Values with a right checksum but not their key's own bytes, stored straight over the text
+/// protocol: the cache workload compares each hit byte for byte, so every get of those keys is
+/// a corrupt value (never a miss, so never overwritten), and the run fails.
+fn text_cache_wrong_intact_value_fails_the_run(kind: TextServerKind) {
+    let server = TextServer::start(kind);
+    let mut conn = BufReader::new(TcpStream::connect(server.addr).unwrap());
+    // 5 of the 20 keys, each a 100-byte value (the size the run uses) whose last 4 bytes are
+    // the CRC-32C of key and content, as `workload::make_value` writes them.
+    for index in [0, 3, 7, 12, 19] {
+        let key = format!("k{index:015}");
+        let mut value = vec![b'x'; 96];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(key.as_bytes()), &value);
+        value.extend_from_slice(&crc.to_le_bytes());
+        let mut command = format!("set {key} 0 0 100\r\n").into_bytes();
+        command.extend_from_slice(&value);
+        command.extend_from_slice(b"\r\n");
+        conn.get_mut().write_all(&command).unwrap();
+        let mut reply = String::new();
+        conn.read_line(&mut reply).unwrap();
+        assert_eq!(reply, "STORED\r\n");
+    }
+    let run = load_text(
+        &server.target(),
+        &[
+            "--workload",
+            "cache",
+            "--keys",
+            "20",
+            "--value-size",
+            "100",
+            "--requests",
+            "4000",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let corrupt = run.errors("corrupt_value");
+    // A quarter of the keys are wrong: about 1000 of 4000 gets.
+    assert!((700..1300).contains(&corrupt), "{}", run.stdout);
+    assert_eq!(run.json()["errors_total"], corrupt, "{}", run.stdout);
+    let cache = cache_of(&run);
+    assert_eq!(as_u64(&cache["lookups"]) + corrupt, 4000);
+    // The other 15 keys miss once each (twice when two gets of one key cross).
+    assert!(
+        (15..=30).contains(&as_u64(&cache["misses"])),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn memcached_cache_wrong_intact_value_fails_the_run() {
+    text_cache_wrong_intact_value_fails_the_run(TextServerKind::Memcached);
+}
+
+#[test]
+fn percore_memcached_cache_wrong_intact_value_fails_the_run() {
+    text_cache_wrong_intact_value_fails_the_run(TextServerKind::Percore);
+}
+
+/// The --scan-after pass: every one of its cold keys is looked up once, misses and is filled, and
+/// its lookups stay out of the hit ratio, which is that of the drawn (prefilled) keys.
+#[test]
+fn the_scan_pass_misses_every_cold_key_and_is_counted_apart() {
+    let server = Server::start(&["--cores", "1"]);
+    let run = run_load(
+        &[
+            "--target",
+            &server.target(),
+            "--workload",
+            "cache",
+            "--prefill",
+            "--keys",
+            "1000",
+            "--connections",
+            "4",
+            "--pipeline",
+            "4",
+            "--requests",
+            "20000",
+            "--scan-after",
+            "5000",
+            "--scan-keys",
+            "3000",
+        ],
+        LIMIT,
+    );
+    run.assert_clean();
+    let json = run.json();
+    assert_counts_add_up(json, &["get", "set"]);
+    let cache = cache_of(&run);
+    let scan = &cache["scan"];
+    assert_eq!(scan["keys"], 3000);
+    assert_eq!(scan["lookups"], 3000, "{}", run.stdout);
+    assert_eq!(scan["misses"], 3000, "cold keys cannot hit");
+    assert_eq!(cache["misses"], 0, "the drawn keys were prefilled and fit");
+    assert_eq!(json["hit_ratio"], 1.0);
+    assert_eq!(as_u64(&json["get_misses"]), 3000);
+    // The pass's gets count against --requests.
+    assert_eq!(as_u64(&cache["lookups"]), 17000);
+    assert_eq!(as_u64(&json["ops_by_operation"]["get"]), 20000);
+    assert!(as_u64(&cache["fills"]) + 16 >= 3000, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Scan pass: 3000 of 3000 cold keys looked up (3000 missed)"),
+        "{}",
+        run.stdout
+    );
 }

@@ -150,6 +150,13 @@ pub struct TextServer {
 impl TextServer {
     /// Starts a fresh one (nothing stored) and waits until it accepts connections.
     pub fn start(kind: TextServerKind) -> TextServer {
+        TextServer::start_with_memory(kind, None)
+    }
+
+    /// Starts a fresh one with `memory_mib` MiB for items (memcached's `-m`, percore's
+    /// `--memory`, over all its cores), or each server's default.
+    pub fn start_with_memory(kind: TextServerKind, memory_mib: Option<u64>) -> TextServer {
+        let memory = memory_mib.map(|mib| mib.to_string());
         match kind {
             TextServerKind::Percore => {
                 let cores = std::thread::available_parallelism()
@@ -164,6 +171,11 @@ impl TextServer {
                         "127.0.0.1:0",
                     ])
                     .args(["--cores", &cores])
+                    .args(
+                        memory
+                            .iter()
+                            .flat_map(|mib| ["--memory".to_owned(), format!("{mib}MiB")]),
+                    )
                     .env("PERCORE_LOG", "warn")
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
@@ -204,6 +216,7 @@ impl TextServer {
                         // memcached refuses to run as root without a user to switch to; as
                         // anyone else it ignores -u.
                         .args(["-u", "nobody"])
+                        .args(memory.iter().flat_map(|mib| ["-m", mib.as_str()]))
                         .stdout(Stdio::null())
                         .stderr(Stdio::inherit())
                         .spawn()
