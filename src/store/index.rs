@@ -114,6 +114,9 @@ pub struct Index {
     /// Entries whose two buckets were both full, with their full hashes: a few in a million.
     /// Each split moves one back into the table if its buckets have room.
     stash: Vec<(u64, u64)>,
+    /// Buckets below this were passed by the sweep under way (0 when none is): an entry the
+    /// table moves must not go below it, or an entry the sweep is removing could slip past.
+    swept_below: usize,
 }
 
 impl Default for Index {
@@ -131,6 +134,7 @@ impl Index {
             split: 0,
             len: 0,
             stash: Vec::new(),
+            swept_below: 0,
         }
     }
 
@@ -226,15 +230,25 @@ impl Index {
             self.split_one(rehash);
         }
         self.len += 1;
-        if !self.place(hash, e, rehash) {
+        if !self.place(hash, e, false, rehash) {
             self.stash.push((hash, e.0));
         }
     }
 
     /// Puts `e` in one of its buckets, the less loaded, moving a resident if both are full.
-    fn place(&mut self, hash: u64, e: Entry, rehash: &mut dyn FnMut(Entry) -> u64) -> bool {
+    /// A new entry (`moving` false) may go anywhere; one already in the table only to buckets
+    /// the sweep under way has still to pass.
+    fn place(
+        &mut self,
+        hash: u64,
+        e: Entry,
+        moving: bool,
+        rehash: &mut dyn FnMut(Entry) -> u64,
+    ) -> bool {
         let (a, b) = self.candidates(hash);
-        let (fa, fb) = (self.free_slot(a), self.free_slot(b));
+        let open = |i: usize| !moving || i >= self.swept_below;
+        let fa = self.free_slot(a).filter(|_| open(a));
+        let fb = self.free_slot(b).filter(|_| open(b));
         let load = |i: usize| {
             self.buckets[i]
                 .iter()
@@ -270,7 +284,7 @@ impl Index {
                 let e = Entry(self.buckets[bucket][slot]);
                 let (x, y) = self.candidates(rehash(e));
                 let other = if x == bucket { y } else { x };
-                if other == bucket {
+                if other == bucket || other < self.swept_below {
                     continue;
                 }
                 if let Some(free) = self.free_slot(other) {
@@ -311,7 +325,7 @@ impl Index {
         }
         // Give a stashed entry another chance now that the table has a new bucket.
         if let Some((hash, raw)) = self.stash.pop() {
-            if !self.place(hash, Entry(raw), rehash) {
+            if !self.place(hash, Entry(raw), true, rehash) {
                 self.stash.push((hash, raw));
             }
         }
@@ -338,8 +352,10 @@ impl Index {
             let before = self.stash.len();
             self.stash.retain(|&(_, raw)| !dead(Entry(raw)));
             self.len -= before - self.stash.len();
+            self.swept_below = 0;
             (0, true)
         } else {
+            self.swept_below = end;
             (end, false)
         }
     }

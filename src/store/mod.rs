@@ -1445,6 +1445,75 @@ mod tests {
         assert_eq!(st.items + st.evictions, 3_000);
     }
 
+    /// Churn with colliding hashes (buckets full, the stash in use), expiring segments and
+    /// sweeps under way: every value read is the last one written, and the counts add up.
+    #[test]
+    fn churn_with_collisions_expiry_and_sweeps_stays_consistent() {
+        fn weak(k: &[u8]) -> u64 {
+            key_hash(k) & 0x3f_0000_003f
+        }
+        let mut s = Store::with_hasher(12 * MIB, weak);
+        let mut model = std::collections::HashMap::new();
+        let mut now = 0u64;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..200_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = format!("k{}", x % 5_000);
+            match x >> 60 {
+                0..=7 => {
+                    let ttl = if x & 0x100 == 0 {
+                        0
+                    } else {
+                        50 + (x >> 20) as u32 % 500
+                    };
+                    let len = (x >> 32) as usize % 600;
+                    let v = vec![(step % 251) as u8; len];
+                    s.set(weak(k.as_bytes()), k.as_bytes(), &v, ttl, now)
+                        .unwrap();
+                    model.insert(
+                        k,
+                        (
+                            v,
+                            if ttl == 0 {
+                                u64::MAX
+                            } else {
+                                now + u64::from(ttl)
+                            },
+                        ),
+                    );
+                }
+                8..=13 => {
+                    if let Some(f) = s.get(weak(k.as_bytes()), k.as_bytes(), now) {
+                        let (v, exp) = model.get(&k).expect("only written keys are found");
+                        assert!(*exp > now, "step {step}: expired {k} returned");
+                        assert_eq!(f.value, &v[..], "step {step}: {k}");
+                    }
+                }
+                14 => {
+                    s.delete(weak(k.as_bytes()), k.as_bytes(), now);
+                    model.remove(&k);
+                }
+                _ => {
+                    now += 7;
+                    s.sweep(now);
+                }
+            }
+        }
+        sweep_fully(&mut s, now);
+        let mut found = 0;
+        for (k, (v, exp)) in &model {
+            if let Some(f) = s.get(weak(k.as_bytes()), k.as_bytes(), now) {
+                assert!(*exp > now);
+                assert_eq!(f.value, &v[..]);
+                found += 1;
+            }
+        }
+        assert_eq!(s.stats().items, found);
+        assert_eq!(s.index.len() as u64, found);
+    }
+
     #[test]
     fn touch_gives_an_item_without_ttl_one_and_keeps_its_cas() {
         let mut s = Store::new(4 * MIB);
