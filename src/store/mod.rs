@@ -34,6 +34,11 @@ pub const INDEX_ENTRY: usize = 8;
 /// bits.
 pub const MAX_BUDGET: usize = 262_143 << 20;
 const _: () = assert!(MAX_BUDGET / SEGMENT_SIZE < MAX_SEGMENTS);
+/// A budget too small for this many full segments gets segments of a part this size of it
+/// (so the largest item it takes is smaller too).
+const MIN_SEGMENTS: usize = 8;
+/// ... but no smaller than this.
+const MIN_SEGMENT_SIZE: usize = 64 << 10;
 /// Segments the sweep checks for total expiry per call.
 pub const SWEEP_SEGMENTS: usize = 256;
 /// Items the sweep looks at per call in segments that hold some expired ones.
@@ -364,7 +369,12 @@ impl Store {
     /// a weak one to make keys collide.
     pub fn with_hasher(budget: usize, hasher: fn(&[u8]) -> u64) -> Store {
         let budget = budget.min(MAX_BUDGET);
-        let seg_size = SEGMENT_SIZE.min(budget);
+        // A small budget gets smaller segments, so that evicting one never empties the cache.
+        let seg_size = if budget >= MIN_SEGMENTS * SEGMENT_SIZE {
+            SEGMENT_SIZE
+        } else {
+            (budget / MIN_SEGMENTS).clamp(MIN_SEGMENT_SIZE.min(budget), SEGMENT_SIZE)
+        };
         let max_segs = (budget / seg_size.max(1)).max(1);
         Store {
             index: Index::new(),
@@ -1398,28 +1408,35 @@ mod tests {
 
     #[test]
     fn large_values_find_room_after_small_ones() {
-        let mut s = Store::new(3 * MIB);
-        for i in 0..30_000u32 {
+        let mut s = Store::new(10 * MIB);
+        for i in 0..100_000u32 {
             set(&mut s, &i.to_le_bytes(), &[1; 100], 0, 0).unwrap();
         }
-        for i in 0..20u32 {
+        for i in 0..30u32 {
             let key = format!("big:{i}");
             set(&mut s, key.as_bytes(), &[2; MAX_VALUE_LEN], 0, 0).unwrap();
             assert_eq!(get(&mut s, key.as_bytes(), 0).unwrap().len(), MAX_VALUE_LEN);
         }
-        assert!(s.stats().bytes_reserved <= 3 * MIB as u64);
+        assert!(s.stats().bytes_reserved <= 10 * MIB as u64);
     }
 
     #[test]
     fn an_item_larger_than_a_segment_is_too_large() {
-        let mut s = Store::new(MIB);
+        // A budget under 8 full segments has 8 smaller ones, which bound the item size.
+        let mut s = Store::new(2 * MIB);
+        assert_eq!(s.max_item_len(), 256 << 10);
         assert!(matches!(
-            set(&mut s, b"k", &vec![0; MAX_VALUE_LEN], 0, 0),
+            set(&mut s, b"k", &vec![0; 300_000], 0, 0),
             Err(RequestError::ItemTooLarge(_))
         ));
-        set(&mut s, b"k", &vec![0; 500_000], 0, 0).unwrap();
-        let mut s = Store::new(2 * MIB);
+        set(&mut s, b"k", &vec![0; 200_000], 0, 0).unwrap();
+        let mut s = Store::new(9 * MIB);
+        assert_eq!(s.max_item_len(), SEGMENT_SIZE);
         set(&mut s, b"k", &vec![0; MAX_VALUE_LEN], 0, 0).unwrap();
+        assert!(matches!(
+            set(&mut s, b"k", &vec![0; MAX_VALUE_LEN + 1], 0, 0),
+            Err(RequestError::ValueTooLarge(_))
+        ));
     }
 
     #[test]
