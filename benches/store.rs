@@ -1,6 +1,6 @@
 //! Micro-benchmarks of key routing (XXH3 to a shard) and of one core's store: get (hit and
 //! miss) and set (overwrite of a live key) with 100,000 items of 100 bytes, percore's get
-//! scenario. Uses only the store's public API, so it keeps measuring the store whatever its
+//! scenario, and sets of new keys into a full 16 MiB store (each one evicts). Uses only the store's public API, so it keeps measuring the store whatever its
 //! insides become.
 
 use std::hint::black_box;
@@ -66,6 +66,15 @@ fn store(c: &mut Criterion) {
             at = (at + 1) % order.len();
             let (k, h) = &keys[order[at]];
             black_box(store.set(*h, k, &value, 0, 0).is_ok())
+        })
+    });
+    let mut full = Store::new(16 << 20);
+    let mut next = 0u64;
+    group.bench_function("set-new-evicting", |b| {
+        b.iter(|| {
+            next += 1;
+            let k = key(next);
+            black_box(full.set(key_hash(&k), &k, &value, 0, 0).is_ok())
         })
     });
     group.bench_function("hash+get-hit", |b| {

@@ -404,17 +404,16 @@ impl Config {
                 shards
             );
         }
-        // A store numbers its chunks with u32 slots; past this budget a class would have more.
-        let max_per_core = crate::store::arena::MAX_BUDGET as u64;
+        // A store numbers its segments with 18 bits of an index entry; past this budget it
+        // would have more.
+        let max_per_core = crate::store::MAX_BUDGET as u64;
         if self.memory / shards > max_per_core {
             bail!(
                 "--memory {}MiB over {shards} cores is {}MiB per core; a core's store holds at \
-                 most {}MiB (it numbers its {}-byte chunks with 32 bits): use more cores or less \
-                 memory",
+                 most {}MiB (it numbers its segments with 18 bits): use more cores or less memory",
                 self.memory >> 20,
                 (self.memory / shards) >> 20,
                 max_per_core >> 20,
-                crate::store::arena::MIN_CHUNK
             );
         }
         if let Some(base) = self.shard_ports {
@@ -593,7 +592,7 @@ mod tests {
         let just_over = MAX_DRAIN_TIMEOUT + Duration::from_nanos(1);
         assert!(refused(|c| c.drain_timeout = just_over, 1).is_some());
 
-        let most = crate::store::arena::MAX_BUDGET as u64;
+        let most = crate::store::MAX_BUDGET as u64;
         assert_eq!(refused(|c| c.memory = most, 1), None);
         assert_eq!(refused(|c| c.memory = 2 * most, 2), None);
         let err = refused(|c| c.memory = most + 1, 1).unwrap();

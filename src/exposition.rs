@@ -224,7 +224,7 @@ impl Collector for Snapshots {
         self.per_core(
             e,
             "percore_store_reserved_bytes",
-            "Bytes of arena pages the store has allocated, at most its share of --memory.",
+            "Bytes of segments the store has allocated, at most its share of --memory.",
             Gauge,
             |c| c.store.bytes_reserved,
         )?;

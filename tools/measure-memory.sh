@@ -6,8 +6,11 @@
 #      write is answered Ok (eviction makes room) and the newest 1,000 keys read back exactly.
 #   b. idle connections: 10,000 open idle connections grow the server's RSS by at most
 #      8 KiB each.
+#   c. bytes per item (issue 18): one core, 2,000,000 items of 16-byte keys and 32-byte values
+#      written with percore-load --prefill; the RSS growth per item is at most 72 bytes.
 #
 #   tools/measure-memory.sh [CONNECTIONS]       (default 10000)
+#   MEASURE=c tools/measure-memory.sh           (only the listed parts: any of a b c)
 #
 # Prints every measurement and a report; exits 1 if a goal is missed, 2 if the measurement
 # itself could not be made. RSS is VmRSS from /proc/PID/status (VmHWM is its peak).
@@ -17,16 +20,22 @@ cd "$(dirname "$0")/.."
 source tools/lib/server.sh
 
 connections=${1:-10000}
+parts=${MEASURE:-a b c}
+wants() { [[ " $parts " == *" $1 "* ]]; }
+item_count=2000000
+per_item_goal=72     # bytes of RSS per 48-byte item
 memory_mib=64
 fill_bytes=1GiB
 per_conn_goal=8192   # bytes of RSS per idle connection
 
 echo "== building release binaries"
-if ! cargo build --release --bin percore --example memory_probe --quiet; then
+if ! cargo build --release --bin percore --example memory_probe --quiet ||
+  ! cargo build --release -p percore-load --quiet; then
   echo "measure-memory: build failed" >&2
   exit 2
 fi
 
+if wants b; then
 # The server and the idle probe each hold one fd per connection (the limit is per process).
 want_fds=$((connections + 1024))
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 65536 ]; then
@@ -36,6 +45,7 @@ echo "== open file limit: $(ulimit -n) (hard $(ulimit -Hn)); $want_fds needed"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want_fds" ]; then
   echo "measure-memory: the open file limit is below $want_fds; run as root or raise the hard limit" >&2
   exit 2
+fi
 fi
 
 work=$(mktemp -d /tmp/percore-measure-memory.XXXXXX)
@@ -51,9 +61,12 @@ trap cleanup EXIT
 trap 'exit 2' INT TERM
 
 # Copies, so that a rebuild in the shared target directory cannot swap binaries mid-run.
-cp target/release/percore target/release/examples/memory_probe "$work/"
+target_dir=${CARGO_TARGET_DIR:-target}
+cp "$target_dir/release/percore" "$target_dir/release/percore-load" \
+  "$target_dir/release/examples/memory_probe" "$work/"
 bin=$work/percore
 probe=$work/memory_probe
+load=$work/percore-load
 
 fail() {  # a measurement could not be made: say why, show the server's log, give up
   echo "measure-memory: $*" >&2
@@ -97,7 +110,9 @@ field() {  # summary-line field value: field NAME LINE
 
 failed=0
 
+a_rss_ok=skipped; a_all_ok=skipped; a_newest_ok=skipped; b_ok=skipped; c_ok=skipped
 # ---------------------------------------------------------------------------------------------
+if wants a; then
 echo
 echo "== a. bounded store: --memory ${memory_mib}MiB --cores 2, fill $fill_bytes of 1-16 KiB values"
 start_server bounded --memory "${memory_mib}MiB" --cores 2
@@ -125,8 +140,10 @@ a_all_ok=PASS;  [ "$(field ok "$summary")" -eq "$written" ] || { a_all_ok=FAIL; 
 a_newest_ok=PASS
 [ "$(field newest_exact "$summary")" -eq "$(field newest_checked "$summary")" ] || { a_newest_ok=FAIL; failed=1; }
 stop_server
+fi
 
 # ---------------------------------------------------------------------------------------------
+if wants b; then
 echo
 echo "== b. idle connections: $connections connections, default --memory, --cores 2"
 # One more than the probe holds, for the Stats call made while they are open.
@@ -164,19 +181,58 @@ echo "RSS with $connections idle connections: $b_rss KiB (growth $((b_rss - b_ba
   "$b_per_conn bytes per connection), peak $b_hwm KiB; after they closed: $b_after KiB"
 b_ok=PASS; [ "$b_per_conn" -le "$per_conn_goal" ] || { b_ok=FAIL; failed=1; }
 stop_server
+fi
+
+# ---------------------------------------------------------------------------------------------
+if wants c; then
+echo
+echo "== c. bytes per item: $item_count items of 16 B keys and 32 B values, --cores 1"
+start_server items --cores 1 --memory 256MiB
+c_base=$(status_kb "$server_pid" VmRSS)
+echo "baseline RSS of the empty server: $c_base KiB"
+c_load_out="$work/items-load.out"
+# One get after the prefill: the prefill pass is what writes every key.
+if ! timeout 300 "$load" --target "$server_addr" --workload get --prefill --keys "$item_count" \
+  --key-size 16 --value-size 32 --requests 1 --connections 8 --pipeline 64 \
+  --idle-poll 0s >"$c_load_out" 2>&1; then
+  tail -n 20 "$c_load_out" >&2
+  fail "percore-load --prefill failed"
+fi
+sleep 0.5
+c_rss=$(status_kb "$server_pid" VmRSS)
+c_stats=$("$probe" stats --target "$server_addr" | grep '^stats summary') || fail "stats failed"
+echo "$c_stats"
+c_items=$(field items "$c_stats")
+c_evictions=$(field evictions "$c_stats")
+[ "$c_items" -gt 0 ] || fail "the server holds no items"
+c_per_item=$(( (c_rss - c_base) * 1024 / c_items ))
+echo "RSS after the prefill: $c_rss KiB (growth $((c_rss - c_base)) KiB): $c_per_item bytes per" \
+  "item ($c_items items, $c_evictions evicted)"
+c_ok=PASS
+[ "$c_per_item" -le "$per_item_goal" ] && [ "$c_items" -eq "$item_count" ] || { c_ok=FAIL; failed=1; }
+stop_server
+fi
 
 # ---------------------------------------------------------------------------------------------
 echo
 echo "== report"
-printf '%-58s %s\n' \
-  "a. RSS after ${fill_bytes} into --memory ${memory_mib}MiB: $a_rss KiB < $a_limit KiB" "$a_rss_ok" \
-  "   every write answered Ok: $(field ok "$summary") of $written" "$a_all_ok" \
-  "   newest $(field newest_checked "$summary") keys exact: $(field newest_exact "$summary")" "$a_newest_ok" \
-  "b. RSS per idle connection: $b_per_conn B <= $per_conn_goal B" "$b_ok"
-echo "   (a: baseline $a_base KiB, peak $a_hwm KiB, $a_hwm_note the limit;" \
-  "b: baseline $b_base KiB, open $b_rss KiB, after close $b_after KiB)"
+if wants a; then
+  printf '%-58s %s\n' \
+    "a. RSS after ${fill_bytes} into --memory ${memory_mib}MiB: $a_rss KiB < $a_limit KiB" "$a_rss_ok" \
+    "   every write answered Ok: $(field ok "$summary") of $written" "$a_all_ok" \
+    "   newest $(field newest_checked "$summary") keys exact: $(field newest_exact "$summary")" "$a_newest_ok"
+  echo "   (a: baseline $a_base KiB, peak $a_hwm KiB, $a_hwm_note the limit)"
+fi
+if wants b; then
+  printf '%-58s %s\n' "b. RSS per idle connection: $b_per_conn B <= $per_conn_goal B" "$b_ok"
+  echo "   (b: baseline $b_base KiB, open $b_rss KiB, after close $b_after KiB)"
+fi
+if wants c; then
+  printf '%-58s %s\n' "c. RSS per 48-byte item: $c_per_item B <= $per_item_goal B" "$c_ok"
+  echo "   (c: baseline $c_base KiB, after $c_rss KiB, $c_items items of $item_count stored)"
+fi
 if [ "$failed" -ne 0 ]; then
   echo "measure-memory: a goal was missed"
   exit 1
 fi
-echo "measure-memory: both goals met"
+echo "measure-memory: every goal measured was met"

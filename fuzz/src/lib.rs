@@ -22,14 +22,17 @@ use percore::protocol::{
     Algo, Op, Reply, ReplyView, Request, RequestEncoder, ResponseEncoder, ResponseView, ShardStats,
     Status, DEFAULT_MAX_FRAME, MAX_COMPUTE_ROUNDS, MAX_KEY_LEN, MAX_VALUE_LEN,
 };
-use percore::store::arena::{Arena, HEADER, PAGE_SIZE};
+use percore::store::segment::{item_len, Meta};
 use percore::store::{Store, INDEX_ENTRY};
+
+const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // frame
 
-/// The store budget of the `frame` check: two pages, so long inputs can also reach eviction.
-const FRAME_BUDGET: usize = 2 * PAGE_SIZE;
+/// The store budget of the `frame` check: two segments' worth, so long inputs can also reach
+/// eviction.
+const FRAME_BUDGET: usize = 2 * MIB;
 /// Shard ports the `frame` check's Hello reports (as with `--shard-ports`).
 const SHARD_PORTS: [u16; 2] = [7100, 7101];
 /// Compute requests up to this many rounds (and inputs up to [`FUZZ_COMPUTE_INPUT`]) are
@@ -418,7 +421,8 @@ const MAX_ACTIONS: usize = 2_000;
 /// and the actions.
 #[derive(Debug, Clone, Arbitrary)]
 pub struct StoreInput {
-    /// Budget: 1, 1.5, 2, 2.5 or 3 pages (`--memory` gives a core at least one).
+    /// Budget: 1 to 10 MiB (`--memory` gives a core at least 1): one segment to nine, so the
+    /// S3-FIFO reserve (4 or more) and TTL classes (8 or more) are reached.
     pub budget: u8,
     pub start_ms: u32,
     /// Pass a 2-bit hash instead of the key's XXH3, so unrelated keys collide in the index:
@@ -452,11 +456,11 @@ pub enum Action {
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub enum ValueLen {
-    /// 0..=40 bytes: the smallest classes.
+    /// 0..=40 bytes: many items to a segment.
     Tiny(u8),
     /// 0..=4096 bytes.
     Small(u16),
-    /// Up to the 1 MiB limit: page-sized classes, page stealing, refusals.
+    /// Up to the 1 MiB limit: segment-sized items, whole-segment evictions, refusals.
     Large(u32),
 }
 
@@ -489,7 +493,7 @@ impl Ttl {
     }
 }
 
-/// Key `id`: distinct bytes and lengths from 1 to 250, so items land in different classes.
+/// Key `id`: distinct bytes and lengths from 1 to 250, so items have many sizes.
 fn key_bytes(id: u8) -> Vec<u8> {
     let id = id % KEYS;
     let len = 1 + (usize::from(id) * 37) % MAX_KEY_LEN;
@@ -560,23 +564,17 @@ pub struct StoreSummary {
 /// - an expired key is never returned, and a deleted key never again;
 /// - Delete answers true only for a key the model holds unexpired (and false for one only if
 ///   it may have been evicted);
-/// - a Set is refused (`ItemTooLarge`) exactly when the item's class has a page larger than
-///   the budget, and then changes nothing;
+/// - a Set is refused (`ItemTooLarge`) exactly when the item (header, key, value) is larger
+///   than a segment, and then changes nothing;
 /// - hits and misses count the Gets; evictions never go down; items and `bytes_used` fit
 ///   what the model allows and the budget; an [`Action::Audit`] checks them exactly.
 pub fn check_store_model(input: &StoreInput) -> StoreSummary {
-    let budget = PAGE_SIZE + usize::from(input.budget % 5) * (PAGE_SIZE / 2);
-    let mut store = Store::new(budget);
-    // A second arena, never allocated from, to ask the size-class rules the store follows.
-    let classes = Arena::new(budget, HEADER + MAX_KEY_LEN + MAX_VALUE_LEN);
-    let hash_of = |key: &[u8]| {
-        let h = key_hash(key);
-        if input.weak_hash {
-            h & 3
-        } else {
-            h
-        }
-    };
+    let budget = MIB + usize::from(input.budget % 10) * MIB;
+    fn weak_hash(key: &[u8]) -> u64 {
+        key_hash(key) & 3
+    }
+    let hash_of: fn(&[u8]) -> u64 = if input.weak_hash { weak_hash } else { key_hash };
+    let mut store = Store::with_hasher(budget, hash_of);
     let mut model: HashMap<Vec<u8>, Modeled> = HashMap::new();
     let mut now = u64::from(input.start_ms);
     let mut buf = Vec::new();
@@ -589,10 +587,8 @@ pub fn check_store_model(input: &StoreInput) -> StoreSummary {
                 let (len, ttl) = (len.len(), ttl.ms());
                 let word = (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 fill_value(&mut buf, len, word);
-                let item = HEADER + key.len() + len;
-                let fits = classes
-                    .class_for(item)
-                    .is_some_and(|c| classes.fits_budget(c));
+                let item = native_item_len(key.len(), len, ttl);
+                let fits = item <= store.max_item_len();
                 match store.set(hash_of(&key), &key, &buf, ttl, now) {
                     Ok(()) => {
                         assert!(fits, "step {step}: a {item}-byte item should be refused");
@@ -639,7 +635,7 @@ pub fn check_store_model(input: &StoreInput) -> StoreSummary {
             Action::Advance { ms } => now += u64::from(ms),
             Action::Sweep => store.sweep(now),
             Action::Audit => {
-                let (h, m) = audit(&mut store, &mut model, &classes, &hash_of, now, step);
+                let (h, m) = audit(&mut store, &mut model, &hash_of, now, step);
                 hits += h;
                 misses += m;
             }
@@ -654,7 +650,7 @@ pub fn check_store_model(input: &StoreInput) -> StoreSummary {
         evictions = s.evictions;
         check_bounds(&store, &model, budget, now, step);
     }
-    let (h, m) = audit(&mut store, &mut model, &classes, &hash_of, now, usize::MAX);
+    let (h, m) = audit(&mut store, &mut model, &hash_of, now, usize::MAX);
     let s = store.stats();
     assert_eq!((s.hits, s.misses), (hits + h, misses + m));
     StoreSummary {
@@ -744,9 +740,10 @@ fn check_bounds(
         s.bytes_reserved as usize <= budget,
         "step {step}: over budget"
     );
-    let chunks = s.bytes_used - s.items * INDEX_ENTRY as u64;
+    let items = s.bytes_used - s.items * INDEX_ENTRY as u64;
+    let smallest = native_item_len(1, 0, 0) + INDEX_ENTRY;
     assert!(
-        chunks <= s.bytes_reserved && s.bytes_used >= s.items * (64 + INDEX_ENTRY as u64),
+        items <= s.bytes_reserved && s.bytes_used >= s.items * smallest as u64,
         "step {step}: bytes_used {} for {} items in {} reserved",
         s.bytes_used,
         s.items,
@@ -754,12 +751,24 @@ fn check_bounds(
     );
 }
 
+/// Bytes of an item the native protocol's Set stores: no flags, a CAS unique below 2^48, an
+/// expiry field if it has a TTL.
+fn native_item_len(key_len: usize, value_len: usize, ttl_ms: u32) -> usize {
+    let meta = Meta {
+        cas: 1,
+        client_flags: 0,
+        expires_at_ms: u64::from(ttl_ms),
+        has_ttl: ttl_ms != 0,
+        now_s: 0,
+    };
+    item_len(key_len, value_len, &meta)
+}
+
 /// Gets every key the model holds, then requires that the items the store counts are exactly
-/// the hits, and `bytes_used` exactly their chunks and index entries. Returns (hits, misses).
+/// the hits, and `bytes_used` exactly their bytes and index entries. Returns (hits, misses).
 fn audit(
     store: &mut Store,
     model: &mut HashMap<Vec<u8>, Modeled>,
-    classes: &Arena,
     hash_of: &dyn Fn(&[u8]) -> u64,
     now: u64,
     step: usize,
@@ -771,10 +780,8 @@ fn audit(
         let len = model.get(&key).map_or(0, |m| m.len);
         if check_get(store, model, hash_of(&key), &key, now, step) {
             hits += 1;
-            let class = classes
-                .class_for(HEADER + key.len() + len)
-                .expect("a stored item has a class");
-            bytes += classes.chunk_size(class) + INDEX_ENTRY;
+            let ttl = model.get(&key).map_or(0, |m| m.expires_at_ms);
+            bytes += native_item_len(key.len(), len, u32::from(ttl != 0)) + INDEX_ENTRY;
         } else {
             misses += 1;
         }
@@ -787,7 +794,7 @@ fn audit(
 
 /// Seeds for `store_model`: scenarios written as actions and encoded to the bytes `arbitrary`
 /// decodes them from ([`encode_store_input`]), so each seed starts the fuzzer where something
-/// happens: plain reads and writes, TTLs, eviction, class changes, colliding hashes, and a long
+/// happens: plain reads and writes, TTLs, eviction, size changes, colliding hashes, and a long
 /// mixed run from a fixed generator.
 pub fn store_model_seeds() -> Vec<(String, Vec<u8>)> {
     use Action::*;
