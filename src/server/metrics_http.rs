@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use super::peer;
-use super::shard::Shard;
+use super::shard::{PeerCheck, Shard};
 use crate::exposition::{self, Format};
 use crate::runtime;
 use crate::runtime::net::{Conn, Listener};
@@ -55,7 +55,7 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener) {
                 continue;
             }
         };
-        if !shard.admits_peer_of(&conn) || open.get() >= MAX_SCRAPERS {
+        if shard.check_peer(&conn) != PeerCheck::Allowed || open.get() >= MAX_SCRAPERS {
             drop(conn);
             continue;
         }

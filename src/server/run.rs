@@ -12,7 +12,7 @@ use super::codec::Protocol;
 use super::connection;
 use super::mailbox::{CloseReason, Completion, ConnShared};
 use super::peer;
-use super::shard::{Global, Shard, ShardMeshEnds, ACCEPT_LOG_EVERY};
+use super::shard::{Global, PeerCheck, Shard, ShardMeshEnds, ACCEPT_LOG_EVERY};
 use super::CoreEvent;
 use crate::config::Config;
 use crate::metrics::{ClosedBy, Metrics, ShardReport};
@@ -228,8 +228,10 @@ enum Admitted {
     Served,
     /// Closed: `--max-connections` are open.
     Refused,
-    /// Closed: the peer is outside `--allow` (or gone before its address could be read).
+    /// Closed: the peer is outside `--allow`.
     Disallowed,
+    /// Closed: the peer reset before its address could be read.
+    Gone,
     /// Closed before anything was read: the drain has begun.
     Draining,
 }
@@ -246,9 +248,16 @@ fn admit(shard: &Rc<Shard>, conn: Conn, protocol: Protocol) -> Admitted {
         drop(conn);
         return Admitted::Draining;
     }
-    if !shard.admits_peer_of(&conn) {
-        drop(conn);
-        return Admitted::Disallowed;
+    match shard.check_peer(&conn) {
+        PeerCheck::Allowed => {}
+        PeerCheck::Disallowed => return Admitted::Disallowed,
+        PeerCheck::Gone => {
+            // Counted as what it was: a connection accepted whose client left at once.
+            let mut m = shard.metrics.borrow_mut();
+            m.connections_accepted += 1;
+            m.connection_closed(ClosedBy::Other);
+            return Admitted::Gone;
+        }
     }
     if !shard.global.try_open(shard.config.max_connections) {
         shard.metrics.borrow_mut().connections_refused += 1;

@@ -42,6 +42,17 @@ const IO_BUFFERS_KEPT: usize = 256;
 /// how many there were since its last line.
 pub const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
+/// What [`Shard::check_peer`] found of a connection just accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCheck {
+    /// Its address is inside `--allow`.
+    Allowed,
+    /// Its address is outside `--allow`: close it.
+    Disallowed,
+    /// It reset before its address could be read: close it.
+    Gone,
+}
+
 /// Events of one kind that a core logs at most once per `every` (a client can cause them as
 /// fast as it can connect): how many there were since the last line, and when that was.
 #[derive(Default)]
@@ -153,17 +164,18 @@ impl Shard {
     /// Whether a connection just accepted on any listener comes from inside `--allow`. One
     /// that does not is counted, and logged at most once per [`ACCEPT_LOG_EVERY`] with how many
     /// there were since the last line; the caller closes it.
-    pub fn admits_peer_of(&self, conn: &Conn) -> bool {
+    pub fn check_peer(&self, conn: &Conn) -> PeerCheck {
         let peer = match conn.peer_addr() {
             Ok(peer) => peer,
-            // ENOTCONN: it reset before we looked, and has nothing left to serve.
+            // ENOTCONN: it reset before we looked. Closed unread all the same: what it sent
+            // may still be queued, and it is not known to come from inside --allow.
             Err(e) => {
                 tracing::debug!("peer address of an accepted connection: {e}");
-                return false;
+                return PeerCheck::Gone;
             }
         };
         if self.config.allow.admits(peer.ip()) {
-            return true;
+            return PeerCheck::Allowed;
         }
         self.metrics.borrow_mut().connections_disallowed += 1;
         let due = self
@@ -180,7 +192,7 @@ impl Shard {
                  last such line)"
             );
         }
-        false
+        PeerCheck::Disallowed
     }
 
     /// Core `index`'s state, connected to its peers by `mesh`.
