@@ -41,17 +41,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(shard: Rc<Shard>, listener: Listener) {
     let open = Rc::new(Cell::new(0usize));
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.draining.wait().await;
-            None
-        })
-        .await;
-        let conn = match accepted {
+        let conn = match shard.draining.unless_set(listener.accept()).await {
             None => return,
             Some(Ok(conn)) => conn,
             Some(Err(e)) => {
                 tracing::debug!("metrics listener: accept failed: {e}");
-                runtime::sleep(ACCEPT_BACKOFF).await;
+                if shard
+                    .draining
+                    .unless_set(runtime::sleep(ACCEPT_BACKOFF))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
                 continue;
             }
         };
@@ -65,10 +67,7 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener) {
         open.set(open.get() + 1);
         let (shard, open) = (shard.clone(), open.clone());
         runtime::spawn(async move {
-            futures_lite::future::or(serve_scraper(&shard, conn), async {
-                shard.draining.wait().await;
-            })
-            .await;
+            shard.draining.unless_set(serve_scraper(&shard, conn)).await;
             open.set(open.get() - 1);
         });
     }

@@ -72,4 +72,14 @@ impl Latch {
         })
         .await
     }
+
+    /// Runs `work` until it finishes (`Some` of its output) or the latch is set (`None`,
+    /// and `work` is dropped where it stopped).
+    pub async fn unless_set<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(work.await) }, async {
+            self.wait().await;
+            None
+        })
+        .await
+    }
 }

@@ -181,12 +181,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.draining.wait().await;
-            None
-        })
-        .await;
-        let conn = match accepted {
+        let conn = match shard.draining.unless_set(listener.accept()).await {
             None => return,
             Some(Ok(conn)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
@@ -197,18 +192,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: Listener, protocol: Protocol) {
                 // wait, longer while it lasts, but not past the start of the drain.
                 shard.metrics.borrow_mut().accept_errors += 1;
                 log_accept_failure(&shard, &e);
-                let draining = futures_lite::future::or(
-                    async {
-                        runtime::sleep(backoff).await;
-                        false
-                    },
-                    async {
-                        shard.draining.wait().await;
-                        true
-                    },
-                )
-                .await;
-                if draining {
+                if shard
+                    .draining
+                    .unless_set(runtime::sleep(backoff))
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);

@@ -380,33 +380,34 @@ fn frame_proxy(
     addr
 }
 
-#[test]
-fn a_corrupted_value_is_counted_and_fails_the_run() {
+/// Runs `workload_args` (500 prefilled keys, 3000 requests) through a proxy that flips a byte
+/// in every 97th value, and checks the run failed with each flip counted as a corrupt value.
+/// Returns the run and the number of flips.
+fn run_through_a_corrupting_proxy(workload_args: &[&str]) -> (Run, u64) {
     let server = Server::start(&["--cores", "1"]);
     let (proxy, flipped) = corrupting_proxy(server.addr, 97);
-    let run = run_load(
-        &[
-            "--target",
-            &proxy,
-            "--workload",
-            "get",
-            "--prefill",
-            "--keys",
-            "500",
-            "--connections",
-            "2",
-            "--pipeline",
-            "4",
-            "--requests",
-            "3000",
-        ],
-        LIMIT,
-    );
+    let mut args = vec!["--target", &proxy, "--prefill", "--keys", "500"];
+    args.extend_from_slice(workload_args);
+    args.extend_from_slice(&[
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+        "--requests",
+        "3000",
+    ]);
+    let run = run_load(&args, LIMIT);
     assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
     let flipped = flipped.load(Ordering::SeqCst);
     assert!(flipped >= 30, "{flipped}");
     assert_eq!(run.errors("corrupt_value"), flipped);
     assert_eq!(run.json()["errors_total"], flipped);
+    (run, flipped)
+}
+
+#[test]
+fn a_corrupted_value_is_counted_and_fails_the_run() {
+    let (run, flipped) = run_through_a_corrupting_proxy(&["--workload", "get"]);
     assert_eq!(run.json()["ops"].as_u64().unwrap() + flipped, 3000);
     assert!(
         run.stdout.contains(&format!("corrupt_value {flipped}")),
@@ -1524,33 +1525,8 @@ fn percore_memcached_cache_hit_ratio_follows_the_memory() {
 /// --prefill writes each key's own value, so the rest all hit.
 #[test]
 fn a_corrupted_cache_hit_is_counted_and_fails_the_run() {
-    let server = Server::start(&["--cores", "1"]);
-    let (proxy, flipped) = corrupting_proxy(server.addr, 97);
-    let run = run_load(
-        &[
-            "--target",
-            &proxy,
-            "--workload",
-            "cache",
-            "--prefill",
-            "--keys",
-            "500",
-            "--value-size",
-            "4-1000",
-            "--connections",
-            "2",
-            "--pipeline",
-            "4",
-            "--requests",
-            "3000",
-        ],
-        LIMIT,
-    );
-    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
-    let flipped = flipped.load(Ordering::SeqCst);
-    assert!(flipped >= 30, "{flipped}");
-    assert_eq!(run.errors("corrupt_value"), flipped);
-    assert_eq!(run.json()["errors_total"], flipped);
+    let (run, flipped) =
+        run_through_a_corrupting_proxy(&["--workload", "cache", "--value-size", "4-1000"]);
     let cache = cache_of(&run);
     assert_eq!(as_u64(&cache["misses"]), 0, "{}", run.stdout);
     assert_eq!(as_u64(&cache["fills"]), 0, "a corrupt hit is not filled");
