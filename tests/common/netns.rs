@@ -297,9 +297,9 @@ impl Fleet {
     /// Kills host `i` if it runs, and brings it back as a rebooted machine: the same address,
     /// a new network namespace, an empty store.
     ///
-    /// A new namespace because percore, restarted in the old one, could not listen again until
-    /// its old connections left TIME_WAIT (about a minute): `runtime::net::ensure_port_free`
-    /// probes the port with a socket bound without SO_REUSEADDR, which such connections refuse.
+    /// A new namespace, as a machine comes back from a reboot: the old one's connections go with
+    /// it. (A percore restarted in place also gets its ports back at once; `cargo test --lib
+    /// runtime::net` checks that lingering connections do not hold them.)
     pub fn reboot_host(&mut self, i: usize) {
         self.reboot_host_allowing(i, &default_allow());
     }
