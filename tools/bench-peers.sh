@@ -15,7 +15,9 @@
 # beside a Compute flood from a second percore-load at `nice 15`, and each of the two alone.
 #
 # The cap makes the server, not the generator, the bottleneck: percore-load has a whole CPU, the
-# server half of one, so throughput is the server's capacity at that share. Each run records the
+# server half of one, so throughput is the server's capacity at that share. The servers' and the
+# generators' cgroups get a high CPU_WEIGHT, so that other work on a shared machine takes only
+# what they leave (the rest of the server's CPU beyond its quota). Each run records the
 # CPU time of the server (/proc/PID/stat) and of every generator (its rusage); a cell whose
 # generator used over 90% of its CPU is marked, as its figure may be the generator's.
 #
@@ -34,6 +36,7 @@
 #
 # Settings (environment): RUNS [3], DURATION [3s], WARMUP [500ms], SERVER_CPUS [0], LOAD_CPUS [1],
 # SERVER_CPU_QUOTA [50: % of one CPU per server; 0 for no cap], SERVER_CPU_PERIOD [2000: us],
+# CPU_WEIGHT [10000: cgroup v2 weight of the servers' and generators' cgroups, other work 100],
 # CONNECTIONS [32], KEYS [100000], RATE_FRACTION [0.7], STALL_LIMIT [0.05], RETRIES [1: per run],
 # RETRY_SHARE [0.2: retries in all, as a share of the planned runs],
 # SCENARIOS [all: ping-p1,ping-p16,get,multiget,set,mixed,compute,memcaslap,noisy],
@@ -46,6 +49,7 @@ cd "$(dirname "$0")/.."
 export RUNS=${RUNS:-3} DURATION=${DURATION:-3s} WARMUP=${WARMUP:-500ms}
 export SERVER_CPUS=${SERVER_CPUS:-0} LOAD_CPUS=${LOAD_CPUS:-1}
 export SERVER_CPU_QUOTA=${SERVER_CPU_QUOTA:-50} SERVER_CPU_PERIOD=${SERVER_CPU_PERIOD:-2000}
+export CPU_WEIGHT=${CPU_WEIGHT:-10000}
 export CONNECTIONS=${CONNECTIONS:-32} KEYS=${KEYS:-100000} RATE_FRACTION=${RATE_FRACTION:-0.7}
 export STALL_LIMIT=${STALL_LIMIT:-0.05} RETRIES=${RETRIES:-1} RETRY_SHARE=${RETRY_SHARE:-0.2}
 export NOISY_RATE=${NOISY_RATE:-20000}
@@ -136,6 +140,7 @@ SERVER_CPUS = env["SERVER_CPUS"]
 LOAD_CPUS = env["LOAD_CPUS"]
 QUOTA = int(env["SERVER_CPU_QUOTA"])
 PERIOD = int(env["SERVER_CPU_PERIOD"])
+WEIGHT = int(env["CPU_WEIGHT"])
 CONNECTIONS = env["CONNECTIONS"]
 KEYS = env["KEYS"]
 RATE_FRACTION = float(env["RATE_FRACTION"])
@@ -241,6 +246,31 @@ def lib(script, *args):
     return r.stdout.strip()
 
 
+def joined(cap, argv):
+    """ARGV run inside the cgroup CAP from its first instruction: a shell joins it (through the
+    library), then execs ARGV, so the pid, and so the rusage, stay ARGV's. No cgroup if CAP is
+    empty."""
+    return ["bash", "-c", f'source {LIB} && CPU_CAP="$1" && shift && cpu_cap_add $$ && exec "$@"',
+            "cap", cap] + argv
+
+
+def make_group(script, *args):
+    cap = lib(f'{script} && cpu_weight_set "$CPU_WEIGHT" && echo "$CPU_CAP"', *args)
+    with open(CAPS_FILE, "a") as f:
+        f.write(f"{cap}\n")
+    return cap
+
+
+def remove_group(cap):
+    if cap:
+        lib('CPU_CAP="$1" && cpu_cap_remove', cap)
+
+
+# The generators' cgroup: no quota, the same high weight as the servers', so that other work on
+# LOAD_CPUS does not starve them (made in main when the servers are capped).
+LOAD_GROUP = ""
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -273,16 +303,11 @@ class Server:
     def __init__(self, name):
         self.name = name
         self.ports = [free_port(), free_port()]
-        self.cap = ""
-        if QUOTA:
-            self.cap = lib('cpu_cap_create "$1" "$2" && echo "$CPU_CAP"', str(QUOTA), str(PERIOD))
-            with open(CAPS_FILE, "a") as f:
-                f.write(f"{self.cap}\n")
+        self.cap = make_group('cpu_cap_create "$1" "$2"', str(QUOTA), str(PERIOD)) if QUOTA else ""
         self.log_path = os.path.join(OUT_DIR, f"{name}.log")
         self.log = open(self.log_path, "w")
-        wrapper = ["bash", "-c", f'source {LIB} && CPU_CAP="$1" && shift && cpu_cap_add $$ && '
-                   'exec "$@"', "cap", self.cap, "taskset", "-c", SERVER_CPUS]
-        self.proc = subprocess.Popen(wrapper + server_command(name, self.ports),
+        self.proc = subprocess.Popen(joined(self.cap, ["taskset", "-c", SERVER_CPUS]
+                                            + server_command(name, self.ports)),
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         with open(PIDS_FILE, "a") as f:
@@ -316,8 +341,7 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        if self.cap:
-            lib('CPU_CAP="$1" && cpu_cap_remove', self.cap)
+        remove_group(self.cap)
 
 
 class Target:
@@ -343,7 +367,7 @@ def cpu_times():
 
 
 def load_command(target, extra, json_path, rate=None, connections=CONNECTIONS):
-    cmd = ["taskset", "-c", LOAD_CPUS, f"{BIN}/percore-load",
+    cmd = joined(LOAD_GROUP, ["taskset", "-c", LOAD_CPUS]) + [f"{BIN}/percore-load",
            "--target", f"127.0.0.1:{target.port}", "--cores", "1",
            "--connections", connections, "--quiet", "--json", json_path]
     if target.protocol != "percore":
@@ -363,8 +387,8 @@ def seconds(dur):
 def memcaslap_command(target, extra):
     # memcaslap takes whole seconds; it has no warm-up (it fills its keys as it goes).
     secs = max(1, round(seconds(DURATION)))
-    return ["timeout", str(secs + 30), "taskset", "-c", LOAD_CPUS, "memcaslap",
-            "-s", f"127.0.0.1:{target.port}", "-t", f"{secs}s"] + extra
+    return ["timeout", str(secs + 30)] + joined(LOAD_GROUP, ["taskset", "-c", LOAD_CPUS]) + [
+        "memcaslap", "-s", f"127.0.0.1:{target.port}", "-t", f"{secs}s"] + extra
 
 
 def measure(server, jobs, tag):
@@ -740,6 +764,7 @@ def goals(closed, opened, noisy):
 
 
 def main():
+    global LOAD_GROUP
     os.makedirs(OUT_DIR, exist_ok=True)
     started = datetime.now(timezone.utc)
     about = machine()
@@ -750,6 +775,8 @@ def main():
     log(f"{planned} runs planned, about {planned * per_run / 60:.0f} min, plus at most "
         f"{RETRY_BUDGET.left} retries of stalled runs")
     try:
+        if QUOTA:
+            LOAD_GROUP = make_group("cpu_group_create")
         for p in PROCESSES:
             servers[p] = Server(p)
             log(f"{p} listening on 127.0.0.1:{servers[p].ports[0]} (CPUs {SERVER_CPUS}"
@@ -772,6 +799,7 @@ def main():
     finally:
         for s in servers.values():
             s.stop()
+        remove_group(LOAD_GROUP)
         # All stopped: the shell's exit trap must not signal these (possibly reused) pids.
         open(PIDS_FILE, "w").close()
         open(CAPS_FILE, "w").close()
@@ -783,7 +811,9 @@ def main():
     total = sum(len(c[k]) for c in every for k in ("clean", "stalled", "failed"))
     rate_line = ", ".join(f"{n} {fmt_num(r)}/s" for n, r in rates.items())
     cap = (f"each capped at **{QUOTA}% of one CPU** in its own cgroup "
-           f"({env.get('CPU_CAP_KIND', '?')}, {QUOTA * PERIOD // 100} µs every {PERIOD} µs)"
+           f"({env.get('CPU_CAP_KIND', '?')}, {QUOTA * PERIOD // 100} µs every {PERIOD} µs, "
+           f"weight {WEIGHT} against other work's 100; the generators' cgroup has the same weight "
+           "and no quota)"
            if QUOTA else "**uncapped** (SERVER_CPU_QUOTA=0)")
     baseline = f"; percore-baseline is `{BASELINE}`" if "percore-baseline" in SERVERS else ""
     report = [
@@ -791,7 +821,7 @@ def main():
         "",
         f"Command: `{env['COMMAND_LINE'].strip()}` with RUNS={RUNS} DURATION={DURATION} "
         f"WARMUP={WARMUP} CONNECTIONS={CONNECTIONS} SERVER_CPU_QUOTA={QUOTA} "
-        f"SERVER_CPU_PERIOD={PERIOD} STALL_LIMIT={STALL_LIMIT}"
+        f"SERVER_CPU_PERIOD={PERIOD} CPU_WEIGHT={WEIGHT} STALL_LIMIT={STALL_LIMIT}"
         + (f" BASELINE_PERCORE={BASELINE}" if BASELINE else ""),
         "",
         f"Started {started:%Y-%m-%d %H:%M} UTC, took "

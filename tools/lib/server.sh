@@ -74,6 +74,29 @@ cpu_cap_create() {
   return 1
 }
 
+# cpu_group_create: makes a cgroup with no quota and sets CPU_CAP to it (for cpu_weight_set, so
+# that a generator can be favoured over other work on its CPU). Fails with a reason like
+# cpu_cap_create.
+cpu_group_create() {
+  cpu_cap_create 100 10000 || return 1
+  if [[ -f "$CPU_CAP/cpu.max" ]]; then
+    echo "max 10000" >"$CPU_CAP/cpu.max"
+  else
+    echo -1 >"$CPU_CAP/cpu.cfs_quota_us"
+  fi
+}
+
+# cpu_weight_set WEIGHT: the share of contended CPU the cgroup in CPU_CAP gets against others, on
+# cgroup v2's cpu.weight scale (1-10000, default 100; v1's cpu.shares is that times 1024 / 100).
+# A capped server with a high weight gets its whole quota even while other work wants the CPU.
+cpu_weight_set() {
+  if [[ -f "$CPU_CAP/cpu.weight" ]]; then
+    echo "$1" >"$CPU_CAP/cpu.weight"
+  else
+    echo $(($1 * 1024 / 100)) >"$CPU_CAP/cpu.shares"
+  fi
+}
+
 # cpu_cap_kind: how the cap in CPU_CAP is enforced, for reports ("cgroup v2 cpu.max" or
 # "cgroup v1 cpu.cfs_quota_us").
 cpu_cap_kind() {
