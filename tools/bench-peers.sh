@@ -22,8 +22,9 @@
 # generator used over 90% of its CPU is marked, as its figure may be the generator's.
 #
 # Stalls: the machine is shared, so each run samples /proc/stat for the watched CPUs. CPU time
-# spent on them by anything but the server and the generators, plus steal time, divided by the
-# run's wall time on those CPUs, is the run's "foreign" share; a run over STALL_LIMIT is discarded
+# spent on them by anything but the server and the generators (on the server's CPUs only past
+# the time its cap leaves idle), plus steal time, divided by the run's wall time on those CPUs,
+# is the run's "foreign" share; a run over STALL_LIMIT is discarded
 # and retried (at most RETRIES extra runs per cell, and RETRY_SHARE of the planned runs in all, so
 # a busy machine cannot stretch the run unboundedly). A cell that still has fewer than RUNS clean
 # runs is reported from all its runs and marked with a dagger.
@@ -169,8 +170,12 @@ def cpu_list(spec):
 
 
 SERVER_CPU_LIST = cpu_list(SERVER_CPUS)
-WATCHED_CPUS = sorted(set(SERVER_CPU_LIST) | set(cpu_list(LOAD_CPUS)))
+LOAD_CPU_LIST = cpu_list(LOAD_CPUS)
+WATCHED_CPUS = sorted(set(SERVER_CPU_LIST) | set(LOAD_CPU_LIST))
+SPLIT_CPUS = not set(SERVER_CPU_LIST) & set(LOAD_CPU_LIST)
 CORES = len(SERVER_CPU_LIST)
+# CPU-seconds per second on the server's CPUs that a capped server leaves to others.
+IDLE_UNDER_CAP = max(0.0, CORES - QUOTA / 100) if QUOTA else 0.0
 
 # A target is what a generator talks to: a server process and one of its protocols. percore-text
 # is the same percore process as `percore`, over its memcached listener (same store, same cap).
@@ -427,11 +432,19 @@ def measure(server, jobs, tag):
             results[name] = r
     wall = time.monotonic() - t0
     stat1, srv1 = cpu_times(), server.cpu_seconds()
-    busy = sum(stat1[c][0] - stat0[c][0] for c in WATCHED_CPUS)
+    def busy(cpus):
+        return sum(stat1[c][0] - stat0[c][0] for c in cpus)
     steal = sum(stat1[c][1] - stat0[c][1] for c in WATCHED_CPUS)
     server_cpu = srv1 - srv0
     load_cpu = sum(r["load_cpu_s"] for r in results.values())
-    foreign = max(0.0, busy - server_cpu - load_cpu)
+    if SPLIT_CPUS:
+        # Server and generators pinned apart: other work on the server's CPUs counts only past
+        # what the cap leaves idle, since the server could not have used that time anyway.
+        on_server = max(0.0, busy(SERVER_CPU_LIST) - server_cpu)
+        on_load = max(0.0, busy(LOAD_CPU_LIST) - load_cpu)
+        foreign = max(0.0, on_server - wall * IDLE_UNDER_CAP) + on_load
+    else:
+        foreign = max(0.0, busy(WATCHED_CPUS) - server_cpu - load_cpu)
     run = {"wall_s": wall, "server_cpu_s": server_cpu, "foreign_s": foreign, "steal_s": steal,
            "foreign_share": (foreign + steal) / (wall * len(WATCHED_CPUS))}
     for r in results.values():
@@ -830,8 +843,9 @@ def main():
         f"Servers on CPU(s) {SERVER_CPUS} (`--cores {CORES}`, memcached `-t {CORES}`), {cap}; "
         f"percore-load (and memcaslap) on CPU(s) {LOAD_CPUS}, {CONNECTIONS} connections. "
         f"percore-text is the same percore process over its `--memcached-listen` text "
-        f"protocol{baseline}. {total} runs: {discarded} discarded as stalled (foreign CPU + "
-        f"steal over {STALL_LIMIT:.0%} of the watched CPUs), {failed} failed.",
+        f"protocol{baseline}. {total} runs: {discarded} discarded as stalled (other work's CPU, "
+        "on the server's CPU only past what its cap leaves idle, plus steal, over "
+        f"{STALL_LIMIT:.0%} of the two CPUs' time), {failed} failed.",
         "",
         "Medians of the clean runs of alternating rounds; † = fewer than RUNS clean runs, median "
         "of all runs; ‡ = open loop fell behind (over 1% of scheduled requests unsent: "
