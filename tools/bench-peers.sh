@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # percore side by side with its peers, in one run, each server capped at the same CPU share.
 #
-#   tools/bench-peers.sh                                 # 3 rounds of 3 s per cell (~14 min)
+#   tools/bench-peers.sh                                 # 3 rounds of 3 s per cell (~11 min)
 #   BASELINE_PERCORE=/path/to/old/percore tools/bench-peers.sh   # also today's build, as a ratio
 #   RUNS=5 DURATION=5s SCENARIOS=get,set tools/bench-peers.sh    # longer, fewer cells
 #
