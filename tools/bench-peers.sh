@@ -134,21 +134,35 @@ import time
 from datetime import datetime, timezone
 
 env = os.environ
-RUNS = int(env["RUNS"])
+
+
+def setting(name, kind):
+    """A numeric setting from the environment, or a clear error naming it."""
+    try:
+        value = kind(env[name])
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SystemExit(f"bench-peers: {name}={env[name]!r} is not {what}")
+    if value < 0:
+        raise SystemExit(f"bench-peers: {name}={env[name]!r} must not be negative")
+    return value
+
+
+RUNS = setting("RUNS", int)
 DURATION = env["DURATION"]
 WARMUP = env["WARMUP"]
 SERVER_CPUS = env["SERVER_CPUS"]
 LOAD_CPUS = env["LOAD_CPUS"]
-QUOTA = int(env["SERVER_CPU_QUOTA"])
-PERIOD = int(env["SERVER_CPU_PERIOD"])
-WEIGHT = int(env["CPU_WEIGHT"])
-CONNECTIONS = env["CONNECTIONS"]
-KEYS = env["KEYS"]
-RATE_FRACTION = float(env["RATE_FRACTION"])
-STALL_LIMIT = float(env["STALL_LIMIT"])
-RETRIES = int(env["RETRIES"])
-RETRY_SHARE = float(env["RETRY_SHARE"])
-NOISY_RATE = int(env["NOISY_RATE"])
+QUOTA = setting("SERVER_CPU_QUOTA", int)
+PERIOD = setting("SERVER_CPU_PERIOD", int)
+WEIGHT = setting("CPU_WEIGHT", int)
+CONNECTIONS = str(setting("CONNECTIONS", int))
+KEYS = str(setting("KEYS", int))
+RATE_FRACTION = setting("RATE_FRACTION", float)
+STALL_LIMIT = setting("STALL_LIMIT", float)
+RETRIES = setting("RETRIES", int)
+RETRY_SHARE = setting("RETRY_SHARE", float)
+NOISY_RATE = setting("NOISY_RATE", int)
 OUT_DIR = env["OUT_DIR"]
 PIDS_FILE = env["PIDS_FILE"]
 CAPS_FILE = env["CAPS_FILE"]
@@ -163,9 +177,14 @@ GENERATOR_LIMIT = 0.9
 
 def cpu_list(spec):
     cpus = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SystemExit(f"bench-peers: {spec!r} is not a CPU list such as 0 or 0,2-3")
+    if not cpus:
+        raise SystemExit(f"bench-peers: the CPU list {spec!r} is empty")
     return cpus
 
 
@@ -226,6 +245,11 @@ SCENARIOS_ALL = [
      ["-T", "1", "-c", CONNECTIONS, "-X", "100"], False),
 ]
 wanted = env["SCENARIOS"].split(",")
+unknown = [w for w in wanted if w not in [s[0] for s in SCENARIOS_ALL] + ["noisy"]]
+unknown += [t for t in env["SERVERS"].split(",") if t not in TARGETS]
+if unknown:
+    raise SystemExit(f"bench-peers: unknown scenario or server {', '.join(unknown)}; see the "
+                     "settings at the top of tools/bench-peers.sh")
 SCENARIOS = [s for s in SCENARIOS_ALL if s[0] in wanted]
 OPEN_SCENARIOS = [s for s in SCENARIOS if s[0] != "memcaslap"]
 NOISY = "noisy" in wanted
