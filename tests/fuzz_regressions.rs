@@ -58,6 +58,32 @@ fn saved_store_model_crashes_pass() {
     }
 }
 
+/// The hot request reader's seeds (the first frame of each `frame` seed that has a whole one)
+/// through the differential check of `request_hot_path`; the hot shapes among them must take
+/// the hot path, or the check would test only the verifier.
+#[test]
+fn hot_request_seeds_agree_with_the_verifier() {
+    let seeds = files(&fuzz_dir("corpus/request_hot_path"));
+    assert!(seeds.len() >= 20, "{} seeds", seeds.len());
+    for (name, data) in seeds {
+        let read = checks::check_hot_request(&data);
+        let hot = ["get", "set", "delete", "ping", "id-"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        let other = ["hello", "stats", "compute"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        assert!(
+            read || !hot,
+            "{name}: a hot shape the hot reader did not read"
+        );
+        assert!(
+            !read || !other,
+            "{name}: not a hot shape, read by the hot reader"
+        );
+    }
+}
+
 #[test]
 fn the_committed_corpus_is_what_the_generators_write() {
     let frame: Vec<(String, Vec<u8>)> = checks::frame_seeds()

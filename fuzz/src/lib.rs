@@ -1000,3 +1000,28 @@ pub fn encode_store_input(input: &StoreInput) -> Vec<u8> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// request_hot_path
+
+/// `data` as one whole frame (length prefix included): whatever `hot_request::read` reads, the
+/// FlatBuffers verifier must accept with the server's limits, and `Request::decode` (which takes
+/// the hot path) must give what `Request::decode_verified` (the verifier and generated accessors)
+/// gives. Returns whether the hot reader read it.
+pub fn check_hot_request(data: &[u8]) -> bool {
+    use percore::protocol::{fb, hot_request, verifier_options};
+    let max_apparent = data.len().saturating_mul(2);
+    let read = hot_request::read(data, max_apparent);
+    if read.is_some() {
+        let verified = flatbuffers::size_prefixed_root_with_opts::<fb::Request>(
+            &verifier_options(max_apparent),
+            data,
+        );
+        assert!(
+            verified.is_ok(),
+            "hot read {read:?}, the verifier says {verified:?}"
+        );
+    }
+    assert_eq!(Request::decode(data), Request::decode_verified(data));
+    read.is_some()
+}

@@ -4,10 +4,13 @@
 //! Every message is a FlatBuffers *size-prefixed* buffer: a little-endian `u32` length, then that
 //! many bytes holding one FlatBuffer whose root is a `Request` (identifier `PCRQ`) or a `Response`
 //! (identifier `PCRS`). [`frame`] finds message boundaries in a byte stream, [`request`] and
-//! [`response`] verify, decode and encode the two roots, and [`shard`] says which core owns a key.
+//! [`response`] verify, decode and encode the two roots ([`hot_request`] and [`hot_reply`] are
+//! their fast paths for the shapes most requests have), and [`shard`] says which core owns a key.
 //! The schema is `schemas/percore.fbs`; `docs/protocol.md` is the reference for other languages.
 
 pub mod frame;
+pub mod hot_reply;
+pub mod hot_request;
 pub mod request;
 pub mod response;
 pub mod shard;

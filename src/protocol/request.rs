@@ -5,6 +5,7 @@
 use bytes::BytesMut;
 use flatbuffers::FlatBufferBuilder;
 
+use super::hot_request::{self, HotOp};
 use super::REQUEST_IDENTIFIER;
 use super::{
     fb, has_identifier, verifier_options, Algo, MAX_COMPUTE_ROUNDS, MAX_KEY_LEN, MAX_VALUE_LEN,
@@ -132,23 +133,97 @@ pub struct Rejected {
 impl<'a> Request<'a> {
     /// Verifies `frame` (one whole frame, length prefix included) as a `Request` and checks
     /// the protocol's rules. Allocates nothing.
+    ///
+    /// The hot shapes (Ping, Get, Set, Delete) are read by [`hot_request::read`], which checks
+    /// what the FlatBuffers verifier checks in a fraction of its instructions; anything it does
+    /// not read takes the verifier's path, [`Request::decode_verified`]. Both give the same
+    /// result for every frame the first one reads.
     pub fn decode(frame: &'a [u8]) -> Result<Request<'a>, Rejected> {
-        let malformed = |what| Rejected {
-            id: 0,
-            error: RequestError::Malformed(what),
-        };
         if !has_identifier(frame, REQUEST_IDENTIFIER) {
-            return Err(malformed("file identifier is not PCRQ"));
+            return Err(not_pcrq());
         }
-        // Twice the frame: room for the vtable entries the verifier counts twice (see
-        // `verifier_options`), still refusing a frame that reuses its bytes over and over.
-        let options = verifier_options(frame.len().saturating_mul(2));
+        match hot_request::read(frame, max_apparent_size(frame)) {
+            Some((id, hot)) => {
+                let op = hot_op(hot).map_err(|error| Rejected { id, error })?;
+                Ok(Request { id, op })
+            }
+            None => Self::decode_verified(frame),
+        }
+    }
+
+    /// [`Request::decode`] through the `flatbuffers` verifier and generated accessors only:
+    /// the path for every shape the hot reader does not read, and the reference the hot reader
+    /// is tested against.
+    pub fn decode_verified(frame: &'a [u8]) -> Result<Request<'a>, Rejected> {
+        if !has_identifier(frame, REQUEST_IDENTIFIER) {
+            return Err(not_pcrq());
+        }
+        let options = verifier_options(max_apparent_size(frame));
         let request = flatbuffers::size_prefixed_root_with_opts::<fb::Request>(&options, frame)
-            .map_err(|_| malformed("verification failed"))?;
+            .map_err(|_| Rejected {
+                id: 0,
+                error: RequestError::Malformed("verification failed"),
+            })?;
         let id = request.id();
         let op = decode_op(&request).map_err(|error| Rejected { id, error })?;
         Ok(Request { id, op })
     }
+}
+
+fn not_pcrq() -> Rejected {
+    Rejected {
+        id: 0,
+        error: RequestError::Malformed("file identifier is not PCRQ"),
+    }
+}
+
+/// The verifier's apparent-size limit for `frame`: twice the frame, room for the vtable entries
+/// the verifier counts twice (see `verifier_options`), still refusing a frame that reuses its
+/// bytes over and over.
+fn max_apparent_size(frame: &[u8]) -> usize {
+    frame.len().saturating_mul(2)
+}
+
+/// The protocol's rules applied to a hot shape's fields: the same rules, in the same functions,
+/// as for the verifier's path.
+fn hot_op(hot: HotOp<'_>) -> Result<Op<'_>, RequestError> {
+    match hot {
+        HotOp::Ping { payload } => Ok(ping_op(payload)),
+        HotOp::Get { key } => get_op(key),
+        HotOp::Set { key, value, ttl_ms } => set_op(key, value, ttl_ms),
+        HotOp::Delete { key } => delete_op(key),
+    }
+}
+
+fn ping_op(payload: Option<&[u8]>) -> Op<'_> {
+    Op::Ping {
+        payload: payload.unwrap_or(&[]),
+    }
+}
+
+fn get_op(key: Option<&[u8]>) -> Result<Op<'_>, RequestError> {
+    Ok(Op::Get {
+        key: checked_key(key)?,
+    })
+}
+
+fn delete_op(key: Option<&[u8]>) -> Result<Op<'_>, RequestError> {
+    Ok(Op::Delete {
+        key: checked_key(key)?,
+    })
+}
+
+fn set_op<'a>(
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    ttl_ms: u32,
+) -> Result<Op<'a>, RequestError> {
+    let key = checked_key(key)?;
+    let value = value.ok_or(RequestError::MissingField("value"))?;
+    if value.len() > MAX_VALUE_LEN {
+        return Err(RequestError::ValueTooLarge(value.len()));
+    }
+    Ok(Op::Set { key, value, ttl_ms })
 }
 
 fn decode_op<'a>(request: &fb::Request<'a>) -> Result<Op<'a>, RequestError> {
@@ -163,34 +238,23 @@ fn decode_op<'a>(request: &fb::Request<'a>) -> Result<Op<'a>, RequestError> {
         }
         fb::Op::Ping => {
             let ping = request.op_as_ping().ok_or(MissingField("op"))?;
-            Op::Ping {
-                payload: ping.payload().map(|p| p.bytes()).unwrap_or(&[]),
-            }
+            ping_op(ping.payload().map(|p| p.bytes()))
         }
         fb::Op::Get => {
             let get = request.op_as_get().ok_or(MissingField("op"))?;
-            Op::Get {
-                key: checked_key(get.key().map(|k| k.bytes()))?,
-            }
+            get_op(get.key().map(|k| k.bytes()))?
         }
         fb::Op::Set => {
             let set = request.op_as_set().ok_or(MissingField("op"))?;
-            let key = checked_key(set.key().map(|k| k.bytes()))?;
-            let value = set.value().ok_or(MissingField("value"))?.bytes();
-            if value.len() > MAX_VALUE_LEN {
-                return Err(RequestError::ValueTooLarge(value.len()));
-            }
-            Op::Set {
-                key,
-                value,
-                ttl_ms: set.ttl_ms(),
-            }
+            set_op(
+                set.key().map(|k| k.bytes()),
+                set.value().map(|v| v.bytes()),
+                set.ttl_ms(),
+            )?
         }
         fb::Op::Delete => {
             let delete = request.op_as_delete().ok_or(MissingField("op"))?;
-            Op::Delete {
-                key: checked_key(delete.key().map(|k| k.bytes()))?,
-            }
+            delete_op(delete.key().map(|k| k.bytes()))?
         }
         fb::Op::Compute => {
             let compute = request.op_as_compute().ok_or(MissingField("op"))?;

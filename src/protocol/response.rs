@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use bytes::BytesMut;
 use flatbuffers::FlatBufferBuilder;
 
-use super::{fb, has_identifier, verifier_options, Status, RESPONSE_IDENTIFIER};
+use super::{fb, has_identifier, hot_reply, verifier_options, Status, RESPONSE_IDENTIFIER};
 use crate::error::RequestError;
 
 /// One shard's counters, as `Stats` reports them.
@@ -209,6 +209,15 @@ impl ResponseEncoder {
     /// Appends a successful reply to request `id`.
     pub fn ok(&mut self, id: u64, reply: &Reply<'_>, out: &mut BytesMut) {
         self.count(Status::Ok);
+        // The hot replies have a fixed layout and skip the builder (see `hot_reply`).
+        let written = match *reply {
+            Reply::Ping { payload } => hot_reply::ping(id, payload, out),
+            Reply::Value { value, ttl_ms } => hot_reply::value(id, value, ttl_ms, out),
+            _ => false,
+        };
+        if written {
+            return;
+        }
         let fbb = &mut self.fbb;
         fbb.reset();
         let (body_type, body) = match *reply {
