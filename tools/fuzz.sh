@@ -20,7 +20,7 @@ if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then
 fi
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(frame store_model)
+    targets=(frame store_model request_hot_path)
 fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then
