@@ -11,20 +11,32 @@
 # (solo compute throughput), then gets beside the flood. Servers take turns in a rotating order
 # (A B C, B C A, ...), each started fresh per round. Prints per cell the median over the rounds
 # of get p50/p99/p99.9 (ms, from the intended send time: a stalled server fills the tail) and
-# compute ops/s, then every round's raw figures; also "foreign", the share of the two CPUs that
-# neither the server nor the generators used (other processes on a shared machine; a run with
-# much of it is disturbed).
+# compute ops/s, and the gets' service time (from the actual send: the server's own part, without
+# the queueing behind a slow reply on the same connection that the intended-time latency adds).
+# Each round's line also gives "foreign", the share of the two CPUs that neither the server nor
+# the generators used (other processes on a shared machine; a run with much of it is disturbed).
+# Raw figures: OUT_DIR/rounds.json.
 #
 # Settings (environment): SERVERS [percore,peer-tokio] (also: before, the percore binary at
 # BEFORE), RUNS [3], DURATION [5s, of each measured run], RATE [20000], SERVER_CPU [0],
-# LOAD_CPU [1], BIN [target/release], SKIP_BUILD [unset], OUT_DIR [target/noisy-neighbour].
+# LOAD_CPU [1], NICE [0: the niceness of the server and the get generator; the flood's generator
+# runs at NICE+15. With the kernel's autogroups, niceness counts only within a session, so a
+# negative NICE runs the script in a session of its own whose autogroup gets NICE too: on a
+# machine shared with builds, NICE=-19 keeps them from taking the measured CPUs],
+# BIN [target/release], SKIP_BUILD [unset], OUT_DIR [target/noisy-neighbour].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export SERVERS=${SERVERS:-percore,peer-tokio} RUNS=${RUNS:-3} DURATION=${DURATION:-5s}
 export RATE=${RATE:-20000} SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
-export OUT_DIR=${OUT_DIR:-target/noisy-neighbour} BEFORE=${BEFORE:-}
+export OUT_DIR=${OUT_DIR:-target/noisy-neighbour} BEFORE=${BEFORE:-} NICE=${NICE:-0}
 export BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
+if [ "$NICE" -lt 0 ] && [ -w /proc/self/autogroup ]; then
+  if [ -z "${NOISY_NEIGHBOUR_SESSION:-}" ]; then
+    NOISY_NEIGHBOUR_SESSION=1 exec setsid --wait "$0" "$@"
+  fi
+  echo "$NICE" >/proc/self/autogroup
+fi
 if [ -z "${SKIP_BUILD:-}" ]; then
   echo "noisy-neighbour: cargo build --release (percore, percore-load, peer-tokio)" >&2
   cargo build --release --quiet -p percore -p percore-load -p peer-tokio
@@ -43,6 +55,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import time
 
 BIN, OUT = os.environ["BIN"], os.environ["OUT_DIR"]
@@ -51,7 +64,10 @@ RUNS, RATE = int(os.environ["RUNS"]), int(os.environ["RATE"])
 DURATION = os.environ["DURATION"]
 SERVER_CPU, LOAD_CPU = os.environ["SERVER_CPU"], os.environ["LOAD_CPU"]
 KEYS = "10000"
+NICE = int(os.environ["NICE"])
 TICK = os.sysconf("SC_CLK_TCK")
+# A TERM stops the server of the round in progress too (its `finally`).
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
 def seconds(text):
@@ -97,7 +113,7 @@ class Server:
     def __init__(self, name):
         self.port = free_port()
         self.log = open(os.path.join(OUT, f"{name}.log"), "w")
-        cmd = ["taskset", "-c", SERVER_CPU, binary(name),
+        cmd = ["nice", "-n", str(NICE), "taskset", "-c", SERVER_CPU, binary(name),
                "--listen", f"127.0.0.1:{self.port}", "--cores", "1"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -128,10 +144,10 @@ def load(server, tag, args, nice=False, duration=DURATION, warmup="500ms"):
     json_path = os.path.join(OUT, f"{tag}.json")
     if os.path.exists(json_path):
         os.remove(json_path)
-    cmd = (["nice", "-n", "15"] if nice else []) + [
-        "taskset", "-c", LOAD_CPU, os.path.join(BIN, "percore-load"),
-        "--target", f"127.0.0.1:{server.port}", "--cores", "1", "--quiet",
-        "--json", json_path, "--duration", duration, "--warmup", warmup] + args
+    cmd = ["nice", "-n", str(NICE + 15 if nice else NICE),
+           "taskset", "-c", LOAD_CPU, os.path.join(BIN, "percore-load"),
+           "--target", f"127.0.0.1:{server.port}", "--cores", "1", "--quiet",
+           "--json", json_path, "--duration", duration, "--warmup", warmup] + args
     log = open(os.path.join(OUT, f"{tag}.log"), "w")
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log), json_path
 
@@ -149,8 +165,9 @@ FLOOD = ["--workload", "compute", "--compute-algo", "sha256", "--compute-rounds"
 
 
 def get_figures(r):
-    lat = r["latency_us"]["get"]
-    return {"p50": lat["p50"] / 1000, "p99": lat["p99"] / 1000, "p999": lat["p999"] / 1000}
+    lat, service = r["latency_us"]["get"], r["service_time_us"]["get"]
+    return {"p50": lat["p50"] / 1000, "p99": lat["p99"] / 1000, "p999": lat["p999"] / 1000,
+            "service_p99": service["p99"] / 1000, "late_sends": r["late_sends"]}
 
 
 def one_round(name, rnd):
@@ -207,8 +224,8 @@ print(f"Gets at {RATE}/s open loop (8 connections), alone and beside a Compute f
       f"generators on CPU {LOAD_CPU}; medians of {RUNS} rounds, latency in ms")
 print()
 print("| server | get p50 alone | p99 alone | p50 flood | p99 flood | p99.9 flood "
-      "| compute/s alone | compute/s flood | kept |")
-print("|---|---|---|---|---|---|---|---|---|")
+      "| service p99 flood | compute/s alone | compute/s flood | kept |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 summary = {}
 for name in SERVERS:
     rs = [r for r in rows if r["server"] == name]
@@ -218,13 +235,14 @@ for name in SERVERS:
         "p50": med(r["noisy"]["p50"] for r in rs),
         "p99": med(r["noisy"]["p99"] for r in rs),
         "p999": med(r["noisy"]["p999"] for r in rs),
+        "service_p99": med(r["noisy"]["service_p99"] for r in rs),
         "compute_solo": med(r["compute_solo"] for r in rs),
         "compute_noisy": med(r["compute_noisy"] for r in rs),
         "kept": med(r["compute_noisy"] / r["compute_solo"] for r in rs),
     }
     summary[name] = s
     print(f"| {name} | {s['solo_p50']:.3f} | {s['solo_p99']:.3f} | {s['p50']:.3f} "
-          f"| {s['p99']:.3f} | {s['p999']:.3f} | {s['compute_solo']:.0f} "
+          f"| {s['p99']:.3f} | {s['p999']:.3f} | {s['service_p99']:.3f} | {s['compute_solo']:.0f} "
           f"| {s['compute_noisy']:.0f} | {s['kept']:.0%} |")
 if "percore" in summary:
     for other in ("peer-tokio", "before"):

@@ -89,8 +89,10 @@ async fn heartbeat() {
     }
 }
 
-/// How often CPU-bound work in a [`BackgroundQueue`] gives the network a chance to run: while
-/// such a queue has work, glommio polls for I/O at least this often.
+/// How often CPU-bound work in a [`BackgroundQueue`] gives glommio the core back: while such a
+/// queue has work, glommio polls its rings (accepts, timers, waits it does) at least this often.
+/// Sockets and channels that wait on the poller are looked at sooner, by the work itself
+/// ([`yield_if_needed`]).
 const BACKGROUND_LATENCY: Duration = Duration::from_millis(1);
 
 impl<T: Send + 'static> Executor<T> {
