@@ -251,7 +251,10 @@ pub async fn sleep(duration: Duration) {
 /// [`poller::BACKGROUND_SLICE`]), so that a request arriving meanwhile waits about that long
 /// rather than the queue's whole time slice.
 pub async fn yield_if_needed() {
-    if poller::background_should_yield() {
-        glommio::executor().yield_task_queue_now().await
+    match poller::background_should_yield() {
+        Some(true) => glommio::executor().yield_task_queue_now().await,
+        Some(false) => {}
+        // No poller: glommio's own check, which also works off an executor.
+        None => glommio::yield_if_needed().await,
     }
 }

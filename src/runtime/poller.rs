@@ -196,16 +196,17 @@ pub fn expect_timer(duration: Duration) {
 
 /// For CPU-bound background work between chunks: whether it should yield its task queue now,
 /// because glommio wants the core back (its preemption timer, or a latency-ring completion) or
-/// because a look ([`Poller::look_for_network`]) found work for the network.
-pub fn background_should_yield() -> bool {
-    let preempt = glommio::executor().need_preempt();
-    POLLER.with(|slot| match slot.borrow().as_ref() {
-        Some(poller) if preempt => {
+/// because a look ([`Poller::look_for_network`]) found work for the network. `None` on a thread
+/// without a poller (which may not be running glommio at all).
+pub fn background_should_yield() -> Option<bool> {
+    POLLER.with(|slot| {
+        let slot = slot.borrow();
+        let poller = slot.as_ref()?;
+        if glommio::executor().need_preempt() {
             poller.background_yielded.set(true);
-            true
+            return Some(true);
         }
-        Some(poller) => poller.look_for_network(),
-        None => preempt,
+        Some(poller.look_for_network())
     })
 }
 
