@@ -23,13 +23,16 @@
 # runs at NICE+15. With the kernel's autogroups, niceness counts only within a session, so a
 # negative NICE runs the script in a session of its own whose autogroup gets NICE too: on a
 # machine shared with builds, NICE=-19 keeps them from taking the measured CPUs],
-# BIN [target/release], SKIP_BUILD [unset], OUT_DIR [target/noisy-neighbour].
+# GET_IDLE_POLL [20us, percore-load's default: how long the get generator polls after a reply;
+# it shares its CPU with the flood's generator, so every reply it spins after is CPU the flood
+# does not get], BIN [target/release], SKIP_BUILD [unset], OUT_DIR [target/noisy-neighbour].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export SERVERS=${SERVERS:-percore,peer-tokio} RUNS=${RUNS:-3} DURATION=${DURATION:-5s}
 export RATE=${RATE:-20000} SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
 export OUT_DIR=${OUT_DIR:-target/noisy-neighbour} BEFORE=${BEFORE:-} NICE=${NICE:-0}
+export GET_IDLE_POLL=${GET_IDLE_POLL:-20us}
 export BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 if [ "$NICE" -lt 0 ] && [ -w /proc/self/autogroup ]; then
   if [ -z "${NOISY_NEIGHBOUR_SESSION:-}" ]; then
@@ -159,7 +162,8 @@ def result(proc, json_path, tag):
         return json.load(f)
 
 
-GETS = ["--workload", "get", "--keys", KEYS, "--connections", "8", "--rate", str(RATE)]
+GETS = ["--workload", "get", "--keys", KEYS, "--connections", "8", "--rate", str(RATE),
+        "--idle-poll", os.environ["GET_IDLE_POLL"]]
 FLOOD = ["--workload", "compute", "--compute-algo", "sha256", "--compute-rounds", "200",
          "--value-size", "1024", "--connections", "8", "--pipeline", "8"]
 
