@@ -89,8 +89,10 @@ async fn heartbeat() {
     }
 }
 
-/// How often CPU-bound work in a [`BackgroundQueue`] gives the network a chance to run: while
-/// such a queue has work, glommio polls for I/O at least this often.
+/// How often CPU-bound work in a [`BackgroundQueue`] gives glommio the core back: while such a
+/// queue has work, glommio polls its rings (accepts, timers, waits it does) at least this often.
+/// Sockets and channels that wait on the poller are looked at sooner, by the work itself
+/// ([`yield_if_needed`]).
 const BACKGROUND_LATENCY: Duration = Duration::from_millis(1);
 
 impl<T: Send + 'static> Executor<T> {
@@ -224,9 +226,11 @@ impl BackgroundQueue {
         ))
     }
 
-    /// Runs a task in this queue in the background.
+    /// Runs a task in this queue in the background. While it runs or is runnable, the core's
+    /// poller leaves the core to it, and the task's [`yield_if_needed`] calls look for network
+    /// work instead.
     pub fn spawn<T: 'static>(&self, fut: impl Future<Output = T> + 'static) {
-        match glommio::spawn_local_into(fut, self.0) {
+        match glommio::spawn_local_into(poller::Background::new(fut), self.0) {
             Ok(task) => {
                 task.detach();
             }
@@ -242,7 +246,15 @@ pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await
 }
 
-/// Yields to other tasks if the scheduler wants this one to give up the core.
+/// For CPU-bound work in a [`BackgroundQueue`], every few microseconds of it: yields its task
+/// queue if glommio wants the core back, or if the network has work (looked for at most every
+/// [`poller::BACKGROUND_SLICE`]), so that a request arriving meanwhile waits about that long
+/// rather than the queue's whole time slice.
 pub async fn yield_if_needed() {
-    glommio::yield_if_needed().await
+    match poller::background_should_yield() {
+        Some(true) => glommio::executor().yield_task_queue_now().await,
+        Some(false) => {}
+        // No poller: glommio's own check, which also works off an executor.
+        None => glommio::yield_if_needed().await,
+    }
 }

@@ -20,6 +20,13 @@
 //! request (at most the window, once per quiet spell) for not paying glommio's sleep and wake-up
 //! path while requests keep coming; Seastar's reactor makes the same trade with its idle-poll
 //! time.
+//!
+//! CPU-bound work in a background queue (Compute) changes this: glommio would run it until its
+//! queue's preemption timer fires (1 ms), and the poller, spinning in the network's queue with
+//! ten times the shares, would take turns from it whenever it has nothing to find. So while a
+//! [`Background`] task runs or is runnable the poller steps aside after an empty look, and the
+//! task's own yield points look instead, every [`BACKGROUND_SLICE`]: what they find is woken
+//! and the task yields, so the network's tasks run next.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -58,6 +65,14 @@ const EVENTS_PER_WAIT: usize = 256;
 /// poller need no pass. What it cannot see (any other completion on glommio's main ring, such
 /// as a close, or a timer longer than [`SHORT_TIMER`]) is delivered at most this late.
 const PASS_BUDGET: Duration = Duration::from_millis(10);
+
+/// How long CPU-bound work in a background queue runs between its looks for network work (see
+/// [`Poller::look_for_network`]). A request that arrives while such work runs waits about this
+/// long, instead of the rest of the background queue's glommio time slice (its latency setting,
+/// 1 ms). Each look is one non-blocking `epoll_wait`; each look that finds something hands the
+/// core to the network, whose turn also sends the replies the background work finished, so a
+/// shorter slice also batches them less (docs/performance.md, "Isolation").
+pub const BACKGROUND_SLICE: Duration = Duration::from_micros(250);
 
 /// Looks in a row that must find nothing, besides the idle-poll window passing, before the
 /// poller lets the core sleep.
@@ -134,6 +149,16 @@ pub struct Poller {
     write_waiters: Cell<usize>,
     idle_poll: Cell<Duration>,
     executor: usize,
+    /// Background tasks (see [`Background`]) that are running or runnable. While there is one
+    /// and a look finds nothing, the poller steps aside instead of spinning against it: the
+    /// background work's own looks ([`Poller::look_for_network`]) wake it.
+    background: Cell<usize>,
+    /// A background task has just yielded to the network (it is still runnable).
+    background_yielded: Cell<bool>,
+    /// When background work last looked for the network.
+    background_look: Cell<Instant>,
+    /// A background look found something only a glommio pass delivers; the poller ends the pass.
+    pending_delivery: Cell<bool>,
 }
 
 thread_local! {
@@ -169,6 +194,22 @@ pub fn expect_timer(duration: Duration) {
     });
 }
 
+/// For CPU-bound background work between chunks: whether it should yield its task queue now,
+/// because glommio wants the core back (its preemption timer, or a latency-ring completion) or
+/// because a look ([`Poller::look_for_network`]) found work for the network. `None` on a thread
+/// without a poller (which may not be running glommio at all).
+pub fn background_should_yield() -> Option<bool> {
+    POLLER.with(|slot| {
+        let slot = slot.borrow();
+        let poller = slot.as_ref()?;
+        if glommio::executor().need_preempt() {
+            poller.background_yielded.set(true);
+            return Some(true);
+        }
+        Some(poller.look_for_network())
+    })
+}
+
 /// This executor's poller, made (and its task started) on first use.
 pub fn current() -> io::Result<Rc<Poller>> {
     let executor = glommio::executor().id();
@@ -194,6 +235,10 @@ pub fn current() -> io::Result<Rc<Poller>> {
             write_waiters: Cell::new(0),
             idle_poll: Cell::new(IDLE_POLL.with(Cell::get)),
             executor,
+            background: Cell::new(0),
+            background_yielded: Cell::new(false),
+            background_look: Cell::new(Instant::now()),
+            pending_delivery: Cell::new(false),
         });
         glommio::spawn_local(poller.clone().run()).detach();
         *slot = Some(poller.clone());
@@ -442,6 +487,12 @@ impl Poller {
                 pass_started = Instant::now();
                 continue;
             }
+            if self.pending_delivery.take() {
+                // A background look found something glommio delivers (see `look_for_network`).
+                end_pass(&mut next_pass).await;
+                pass_started = Instant::now();
+                continue;
+            }
             if self.asleep.get() {
                 // Writers wait for room while the core sleeps: look every DOZE, on a timer
                 // (glommio sleeps in between), until room or anything else shows up.
@@ -465,6 +516,21 @@ impl Poller {
             if found || delivery {
                 quiet_since = None;
                 empty_looks = 0;
+            } else if self.background.get() > 0 {
+                // Background work has the core: spinning here would only take turns from it.
+                // Its looks wake the poller when the network has something.
+                std::future::poll_fn(|cx| {
+                    if self.background.get() > 0 && !self.pending_delivery.get() {
+                        *self.task.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+                .await;
+                quiet_since = None;
+                empty_looks = 0;
+                continue;
             } else {
                 empty_looks += 1;
                 // Quiet for the window, and over enough looks that the window was not simply
@@ -524,8 +590,59 @@ impl Poller {
         (n as usize, for_glommio)
     }
 
+    /// For CPU-bound background work, between chunks of it: if [`BACKGROUND_SLICE`] has passed
+    /// since the last such look, one non-blocking `epoll_wait` (and the channel checks), waking
+    /// what it finds as the poller would. Returns true if the network now has work, so the
+    /// background task should yield its task queue: the network's tasks then run before it
+    /// (its queue has far fewer shares, so its virtual runtime is ahead).
+    pub fn look_for_network(&self) -> bool {
+        let now = Instant::now();
+        if now.saturating_duration_since(self.background_look.get()) < BACKGROUND_SLICE {
+            return false;
+        }
+        self.background_look.set(now);
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        let (events_found, socket_for_glommio) = self.poll_once(&mut events);
+        let (watches_woken, watch_for_glommio) = self.poll_watches();
+        let delivery = socket_for_glommio || watch_for_glommio || self.timer_due(now);
+        if delivery {
+            self.pending_delivery.set(true);
+        }
+        let found = events_found + watches_woken > 0 || delivery;
+        if found {
+            // Something arrived: a sleeping core is busy again, a paused poller looks again.
+            self.wake_up();
+            self.resume();
+            self.background_yielded.set(true);
+        }
+        found
+    }
+
+    /// A background task is being polled (it runs, and stays runnable until it waits).
+    fn background_running(&self, was_runnable: bool) {
+        if !was_runnable {
+            self.background.set(self.background.get() + 1);
+        }
+        self.background_yielded.set(false);
+    }
+
+    /// A background task's poll returned; `finished` if it is done. Returns whether it is still
+    /// runnable (it yielded rather than waits for something).
+    fn background_returned(&self, finished: bool) -> bool {
+        let runnable = !finished && self.background_yielded.take();
+        if !runnable {
+            self.background.set(self.background.get().saturating_sub(1));
+            // The poller may have stepped aside for it.
+            self.resume();
+        }
+        runnable
+    }
+
     /// Asleep with no writer to look after, or awake with no task waiting here at all.
     fn has_nothing_to_do(&self) -> bool {
+        if self.pending_delivery.get() {
+            return false;
+        }
         let writers = self.write_waiters.get();
         if self.asleep.get() {
             writers == 0
@@ -646,5 +763,52 @@ fn unpark(slot: &mut Option<Waker>, count: &Cell<usize>) -> Option<Waker> {
 fn wake(slot: &mut Option<Waker>, count: &Cell<usize>) {
     if let Some(waker) = unpark(slot, count) {
         waker.wake();
+    }
+}
+
+/// A task of CPU-bound work (a background queue's), tracked so that while it runs or is runnable
+/// the poller leaves the core to it and it looks for network work itself
+/// ([`Poller::look_for_network`], from [`super::yield_if_needed`]).
+pub struct Background<F> {
+    inner: Pin<Box<F>>,
+    poller: Option<Rc<Poller>>,
+    runnable: bool,
+}
+
+impl<F: Future> Background<F> {
+    /// Must be made on the executor that runs it.
+    pub fn new(inner: F) -> Self {
+        Background {
+            inner: Box::pin(inner),
+            poller: current().ok(),
+            runnable: false,
+        }
+    }
+}
+
+impl<F: Future> Future for Background<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if let Some(poller) = &this.poller {
+            poller.background_running(this.runnable);
+        }
+        let poll = this.inner.as_mut().poll(cx);
+        if let Some(poller) = &this.poller {
+            this.runnable = poller.background_returned(poll.is_ready());
+        }
+        poll
+    }
+}
+
+impl<F> Drop for Background<F> {
+    fn drop(&mut self) {
+        if let (true, Some(poller)) = (self.runnable, &self.poller) {
+            poller
+                .background
+                .set(poller.background.get().saturating_sub(1));
+            poller.resume();
+        }
     }
 }

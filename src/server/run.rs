@@ -1,6 +1,7 @@
 //! One core's life: start-up (its state, its listeners, the tasks that serve its peers and its
 //! compute queue), accepting connections, the timeout tick, and the drain at shutdown.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use super::codec::Protocol;
+use super::compute::ReplyBatch;
 use super::connection;
 use super::mailbox::{CloseReason, Completion, ConnShared};
 use super::peer;
@@ -308,24 +310,56 @@ fn log_accept_failure(shard: &Shard, e: &std::io::Error) {
     }
 }
 
-/// Runs queued jobs one at a time until the queue is closed and empty.
+/// Runs queued jobs one at a time until the queue is closed and empty, handing the replies over
+/// in batches ([`super::compute::ReplyBatch`]).
 async fn compute_worker(shard: Rc<Shard>) {
-    while let Some(mut job) = shard.compute.next().await {
-        let digest = ops::compute::digest(job.algo, &job.buf, job.rounds).await;
+    let mut batch = ReplyBatch::default();
+    loop {
+        let mut job = match shard.compute.try_next() {
+            Some(job) => job,
+            None => {
+                // Nothing more to run now: what is finished goes out before the worker waits.
+                hand_over(&shard, &mut batch);
+                match shard.compute.next().await {
+                    Some(job) => job,
+                    None => break,
+                }
+            }
+        };
+        let digest = {
+            // A long job must not hold the replies before it: they go out at its first yield
+            // once due.
+            let mut digest = std::pin::pin!(ops::compute::digest(job.algo, &job.buf, job.rounds));
+            std::future::poll_fn(|cx| {
+                let poll = digest.as_mut().poll(cx);
+                if poll.is_pending() && batch.is_due() {
+                    hand_over(&shard, &mut batch);
+                }
+                poll
+            })
+            .await
+        };
         job.buf.clear();
         let reply = Reply::Digest {
             digest: digest.as_bytes(),
         };
         shard.encoder.borrow_mut().ok(job.id, &reply, &mut job.buf);
-        shard.complete(
-            &job.conn,
-            Completion {
-                frame: job.buf,
-                kind: OpKind::Compute,
-                started: job.started,
-                seq: 0,
-            },
-        );
+        let completion = Completion {
+            frame: job.buf,
+            kind: OpKind::Compute,
+            started: job.started,
+            seq: 0,
+        };
+        if batch.push(job.conn, completion) {
+            hand_over(&shard, &mut batch);
+        }
+    }
+    hand_over(&shard, &mut batch);
+}
+
+fn hand_over(shard: &Shard, batch: &mut ReplyBatch) {
+    for (conn, completion) in batch.drain() {
+        shard.complete(&conn, completion);
     }
 }
 
