@@ -258,10 +258,12 @@ fn flush(conn: &mut Echo, epoll: &Epoll, fd: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::tests::assert_reads_as;
     use bytes::BytesMut;
+    use percore::protocol::frame::{self, Peek};
     use percore::protocol::{Op, Reply, RequestEncoder, ResponseEncoder};
 
-    /// Pipelined Pings of every size up to 2 MiB come back as the replies percore would write,
+    /// Pipelined Pings of every size up to 2 MiB come back as replies that read as percore's,
     /// in order, through short reads, buffer growth and short sends.
     #[test]
     fn pipelined_pings_of_any_size_come_back_as_their_replies() {
@@ -284,12 +286,25 @@ mod tests {
             .unwrap();
         let mut writer = client.try_clone().unwrap();
         // Written from another thread while this one reads, so the server's sends can stall.
+        let requests_len = requests.len();
         let sent = std::thread::spawn(move || writer.write_all(&requests));
-        let mut got = vec![0u8; want.len()];
+        // The echo keeps each request's length, so the replies take as many bytes as the requests.
+        let mut got = vec![0u8; requests_len];
         client.read_exact(&mut got).unwrap();
         sent.join().unwrap().unwrap();
-        let first = got.iter().zip(&want[..]).position(|(a, b)| a != b);
-        assert_eq!(first, None, "the echo differs from percore's replies");
+        let (mut at, mut at_want) = (0, 0);
+        for (i, len) in sizes.iter().enumerate() {
+            let (Ok(Peek::Complete { len: n }), Ok(Peek::Complete { len: m })) = (
+                frame::peek(&got[at..], usize::MAX),
+                frame::peek(&want[at_want..], usize::MAX),
+            ) else {
+                panic!("reply {i} is not a whole frame");
+            };
+            let what = format!("reply {i}, payload {len} bytes");
+            assert_reads_as(&got[at..at + n], &want[at_want..at_want + m], &what);
+            (at, at_want) = (at + n, at_want + m);
+        }
+        assert_eq!(at, got.len(), "bytes after the last reply");
     }
 
     #[test]
