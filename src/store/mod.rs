@@ -672,7 +672,7 @@ impl Store {
             [p, mid, _] => (p, mid),
         };
         let mut queue = Queue::Small;
-        let mut freq = self.size_credit(len);
+        let freq;
         if let Some(hit) = old {
             let same_layout = hit.header.item_len() == len
                 && hit.header.has_ttl() == meta.has_ttl
@@ -693,8 +693,11 @@ impl Store {
             }
             freq = hit.entry.freq();
             self.remove(&hit);
-        } else if self.ghost.take(hash) {
-            queue = Queue::Main;
+        } else {
+            if self.ghost.take(hash) {
+                queue = Queue::Main;
+            }
+            freq = self.size_credit(len);
         }
         let class = self.ttl_class(expires_at_ms, now_ms);
         let (seg, at) = self
