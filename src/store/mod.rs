@@ -11,7 +11,10 @@
 //! a key written again while the ghost remembers it goes straight to the main queue. The main
 //! queue evicts its oldest segment, moving on the items read since they last moved (each move
 //! spends one of their 2-bit read counter) and dropping the rest. One-hit wonders and scans
-//! therefore leave through the small queue without pushing out what is read again.
+//! therefore leave through the small queue without pushing out what is read again. A new item
+//! much smaller than the mean starts with read credit, so small items stay longer (hits per
+//! byte). Items a victim moves on that overflow the main queue's open segment are packed into
+//! the victim itself, so no segment is held empty for moves.
 //!
 //! Expiry is lazy on access, plus [`Store::sweep`], which the core runs every tick: it marks
 //! each segment whose items have all expired (or been flushed) dead at once, and removes their
