@@ -40,7 +40,8 @@
 # SERVER_CPU [0], LOAD_CPU [1], CELLS [all: z0.9-fixed,z0.9-mixed,z0.99-fixed,z0.99-mixed,
 # z1.2-fixed,z1.2-mixed,scan], OUT_DIR [target/miss-ratio], SKIP_BUILD [unset].
 #
-# Prints the matrix (markdown) and writes it, with each measured run's JSON, under OUT_DIR.
+# Prints the matrix (markdown) and writes it, with each measured run's JSON and memcached's
+# `stats slabs` and `stats items` at the end of each cell (NAME.memcached.slabs.txt), under OUT_DIR.
 # Exits 1 if a run had wrong or lost replies, 2 if the measurement could not be made.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -136,6 +137,25 @@ start_server() {
   esac
 }
 
+# dump_stats ADDR FILE: memcached's `stats slabs` and `stats items` (what each slab class
+# holds), written to FILE.
+dump_stats() {
+  python3 - "$1" >"$2" <<'EOF'
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+with socket.create_connection((host, int(port)), timeout=10) as s:
+    for command in (b"stats slabs", b"stats items"):
+        s.sendall(command + b"\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        sys.stdout.write(data.decode())
+EOF
+}
+
 stop_server() {
   kill -TERM "$server_pid" 2>/dev/null
   for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
@@ -191,6 +211,7 @@ cell() {
     local items evictions
     { read -r items; read -r evictions; } < <(text_stats "$server_addr" curr_items evictions)
     echo "   $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("miss ratio %.4f, %d gets" % (1 - d["hit_ratio"], d["cache"]["lookups"]))' "$json"), $items items held, $evictions evicted" >&2
+    [ "$server" = memcached ] && dump_stats "$server_addr" "$OUT_DIR/$name.memcached.slabs.txt"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$server" "$mib" "$keys" "$json" "$items" "$evictions" >>"$results"
     stop_server
   done

@@ -850,9 +850,10 @@ pub fn store_model_seeds() -> Vec<(String, Vec<u8>)> {
     let mut evict = Vec::new();
     let mut shift = Vec::new();
     for i in 0..30u8 {
+        // Under the 128 KiB segments of the 1 MiB budget, so each is stored and they evict.
         evict.push(Set {
             key: i,
-            len: large(200_000 + u32::from(i)),
+            len: large(100_000 + u32::from(i)),
             ttl: Ttl::None,
         });
         evict.push(Get { key: i / 3 });

@@ -11,7 +11,10 @@
 //! a key written again while the ghost remembers it goes straight to the main queue. The main
 //! queue evicts its oldest segment, moving on the items read since they last moved (each move
 //! spends one of their 2-bit read counter) and dropping the rest. One-hit wonders and scans
-//! therefore leave through the small queue without pushing out what is read again.
+//! therefore leave through the small queue without pushing out what is read again. A new item
+//! much smaller than the mean starts with read credit, so small items stay longer (hits per
+//! byte). Items a victim moves on that overflow the main queue's open segment are packed into
+//! the victim itself, so no segment is held empty for moves.
 //!
 //! Expiry is lazy on access, plus [`Store::sweep`], which the core runs every tick: it marks
 //! each segment whose items have all expired (or been flushed) dead at once, and removes their
@@ -62,6 +65,14 @@ const TTL_CLASSES: usize = 16;
 /// Stores with fewer segments keep TTL classes apart only as "no TTL" and "a TTL", and those
 /// with fewer than 8 not at all: open segments would take too much of the budget.
 const SEGMENTS_FOR_TTL_CLASSES: usize = 64;
+/// A new item at most this many hundredths of the mean live item's size starts with one read
+/// of credit, and one at most `TINY_ITEM` hundredths with two: hits per byte, as memcached's
+/// slab classes give (a small item's class evicts far less often, measured with
+/// `tools/miss-ratio.sh`'s `stats slabs` dumps). The credit moves it from the small queue to
+/// the main one unread and lets it survive passes there, so small items are kept longer than
+/// large ones of the same popularity; items of one size get none.
+const SMALL_ITEM: u64 = 75;
+const TINY_ITEM: u64 = 30;
 
 /// Counters the store keeps for `Stats` and the exit report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -283,9 +294,6 @@ pub struct Store {
     queues: [Fifo; 2],
     /// The segment taking writes, per queue and TTL class.
     open: [[Option<u32>; TTL_CLASSES]; 2],
-    /// An empty segment kept for the items an eviction moves on, so moving never needs an
-    /// eviction of its own.
-    reserve: Option<u32>,
     ghost: Ghost,
     reclaim: Reclaim,
     sweep_cursor: usize,
@@ -369,9 +377,12 @@ impl Store {
     /// a weak one to make keys collide.
     pub fn with_hasher(budget: usize, hasher: fn(&[u8]) -> u64) -> Store {
         let budget = budget.min(MAX_BUDGET);
-        // A small budget gets smaller segments, so that evicting one never empties the cache.
+        // A small budget gets smaller segments, so that evicting one never empties the cache. A
+        // larger one is split into whole segments of at least SEGMENT_SIZE: the remainder is
+        // spread over them rather than left out (at 16 MiB, 15 segments of 1.07 MiB, where
+        // 15 of SEGMENT_SIZE would leave 0.94 MiB unused).
         let seg_size = if budget >= MIN_SEGMENTS * SEGMENT_SIZE {
-            SEGMENT_SIZE
+            budget / (budget / SEGMENT_SIZE)
         } else {
             (budget / MIN_SEGMENTS).clamp(MIN_SEGMENT_SIZE.min(budget), SEGMENT_SIZE)
         };
@@ -384,7 +395,6 @@ impl Store {
             free: Vec::new(),
             queues: [Fifo::EMPTY; 2],
             open: [[None; TTL_CLASSES]; 2],
-            reserve: None,
             ghost: Ghost::new(max_segs * GHOSTS_PER_SEGMENT),
             reclaim: Reclaim::default(),
             sweep_cursor: 0,
@@ -665,7 +675,7 @@ impl Store {
             [p, mid, _] => (p, mid),
         };
         let mut queue = Queue::Small;
-        let mut freq = 0;
+        let freq;
         if let Some(hit) = old {
             let same_layout = hit.header.item_len() == len
                 && hit.header.has_ttl() == meta.has_ttl
@@ -686,8 +696,11 @@ impl Store {
             }
             freq = hit.entry.freq();
             self.remove(&hit);
-        } else if self.ghost.take(hash) {
-            queue = Queue::Main;
+        } else {
+            if self.ghost.take(hash) {
+                queue = Queue::Main;
+            }
+            freq = self.size_credit(len);
         }
         let class = self.ttl_class(expires_at_ms, now_ms);
         let (seg, at) = self
@@ -703,6 +716,21 @@ impl Store {
         self.stats.items_stored += 1;
         self.index_insert(hash, Entry::new(hash, seg, at, freq));
         Ok(Stored::Stored { cas })
+    }
+
+    /// The reads of credit a new item of `len` bytes starts with: more the smaller it is
+    /// against the mean live item (`SMALL_ITEM`, `TINY_ITEM`).
+    fn size_credit(&self, len: usize) -> u8 {
+        // len / mean <= p / 100, without a division.
+        let scaled = (len as u64 + INDEX_ENTRY as u64) * self.items * 100;
+        let used = self.used as u64;
+        if scaled <= used * TINY_ITEM {
+            2
+        } else if scaled <= used * SMALL_ITEM {
+            1
+        } else {
+            0
+        }
     }
 
     /// Adds an index entry for a key it does not have.
@@ -801,12 +829,7 @@ impl Store {
         }
         if self.segs.len() < self.max_segs {
             self.segs.push(Segment::new(self.seg_size));
-            let s = (self.segs.len() - 1) as u32;
-            if self.segs.len() < self.max_segs || self.max_segs < 4 || self.reserve.is_some() {
-                return Some(s);
-            }
-            // The last segment the budget allows: the reserve for the moves evictions make.
-            self.reserve = Some(s);
+            return Some((self.segs.len() - 1) as u32);
         }
         if !self.reclaim.scanning.is_empty() || !self.reclaim.pending.is_empty() {
             // Expired segments are waiting for the sweep: finish it now rather than evict.
@@ -819,21 +842,17 @@ impl Store {
             let last = round + 1 == EVICTION_ROUNDS;
             let victim = match self.victim() {
                 Some(v) => v,
-                // Every segment is open (or the reserve): use the reserve, else close one.
-                None => match self.reserve.take() {
-                    Some(r) => return Some(r),
-                    None => {
-                        self.seal_any();
-                        self.victim()?
-                    }
-                },
+                // Every segment is open: close one.
+                None => {
+                    self.seal_any();
+                    self.victim()?
+                }
             };
-            self.evict(victim, !last, now_ms);
-            if !last && self.reserve.is_none() && self.max_segs >= 4 {
-                self.reserve = Some(victim);
-                continue;
+            if self.evict(victim, !last, now_ms) {
+                return Some(victim);
             }
-            return Some(victim);
+            // The victim kept the items it moved on, as the main queue's open segment: the
+            // next victim's may fit in it.
         }
         None
     }
@@ -854,8 +873,9 @@ impl Store {
     /// Empties segment `v`: items read since they last moved go on to the main queue (when
     /// `move_on` and there is room without another eviction), expired ones are dropped as
     /// expirations, the rest are evicted; the small queue's unread ones are remembered in the
-    /// ghost table.
-    fn evict(&mut self, v: u32, move_on: bool, now_ms: u64) {
+    /// ghost table. Returns whether `v` is empty: false when the main queue's open segment
+    /// filled and `v` became that segment, its moved items packed at its start.
+    fn evict(&mut self, v: u32, move_on: bool, now_ms: u64) -> bool {
         let from_small = self.segs[v as usize].state == State::Sealed(Queue::Small);
         let end = self.segs[v as usize].write_at;
         let mut at = 0;
@@ -867,7 +887,11 @@ impl Store {
             }
             at += len;
         }
+        if matches!(self.segs[v as usize].state, State::Open(..)) {
+            return false;
+        }
         self.segs[v as usize].clear();
+        true
     }
 
     fn evict_item(
@@ -896,10 +920,15 @@ impl Store {
         }
         if move_on && entry.freq() > 0 {
             let class = self.ttl_class(h.expires_at_ms, now_ms);
-            if let Some(dest) = self.move_target(class, h.item_len()) {
-                let (src, dst) = pair(&mut self.segs, v, dest);
-                let to = dst.append_copy(src.item(at, h), h);
-                src.kill(at, h);
+            if let Some(dest) = self.move_target(v, class, h.item_len()) {
+                let to = if dest == v {
+                    self.segs[v as usize].compact(at, h)
+                } else {
+                    let (src, dst) = pair(&mut self.segs, v, dest);
+                    let to = dst.append_copy(src.item(at, h), h);
+                    src.kill(at, h);
+                    to
+                };
                 self.index
                     .set(pos, entry.moved(dest, to).with_freq(entry.freq() - 1));
                 return;
@@ -912,20 +941,29 @@ impl Store {
         }
     }
 
-    /// The main queue's open segment of TTL class `class` if it has room for `len` bytes, else
-    /// a fresh one from the reserve (sealing the full one); `None` when neither has room.
-    fn move_target(&mut self, class: usize, len: usize) -> Option<u32> {
+    /// Where an item of TTL class `class` and `len` bytes that victim `v` moves on goes: the
+    /// main queue's open segment of that class if it has room, else `v` itself, which then
+    /// becomes that open segment (the full one is sealed) and takes its moved items packed at
+    /// its start. Every item before the current one has left `v` by then, and each moves down
+    /// at most to where it was, so no byte not yet read is overwritten, and moving needs no
+    /// segment held empty for it. `None` when neither has room (`v` already took another
+    /// class's items, or the store is too small to keep a victim open).
+    fn move_target(&mut self, v: u32, class: usize, len: usize) -> Option<u32> {
         let main = Queue::Main as usize;
         if let Some(s) = self.open[main][class] {
             if self.segs[s as usize].room() >= len {
                 return Some(s);
             }
         }
-        let r = self.reserve.take()?;
+        if matches!(self.segs[v as usize].state, State::Open(..)) || self.max_segs < 4 {
+            return None;
+        }
         self.seal(Queue::Main, class);
-        self.segs[r as usize].state = State::Open(Queue::Main, class as u8);
-        self.open[main][class] = Some(r);
-        Some(r)
+        let seg = &mut self.segs[v as usize];
+        seg.begin_compaction();
+        seg.state = State::Open(Queue::Main, class as u8);
+        self.open[main][class] = Some(v);
+        Some(v)
     }
 
     /// Removes `key`; false when it was absent (or had expired).
@@ -1406,6 +1444,101 @@ mod tests {
         assert!(kept as u32 > hot * 9 / 10, "{kept} of {hot} hot keys kept");
     }
 
+    /// Every segment's live counts match its items not marked dead, and they add up to the
+    /// store's.
+    fn check_counts(s: &Store) {
+        let (mut items, mut bytes) = (0u64, 0usize);
+        for seg in &s.segs {
+            if !matches!(seg.state, State::Open(..) | State::Sealed(_)) {
+                continue;
+            }
+            let (mut n, mut b, mut at) = (0u32, 0u32, 0u32);
+            while at < seg.write_at {
+                let h = seg.header(at);
+                if !h.dead() {
+                    n += 1;
+                    b += h.item_len() as u32;
+                }
+                at += h.item_len() as u32;
+            }
+            assert_eq!((n, b), (seg.live_items, seg.live_bytes));
+            items += u64::from(n);
+            bytes += b as usize;
+        }
+        assert_eq!(items, s.items);
+        assert_eq!(bytes + s.items as usize * INDEX_ENTRY, s.used);
+        assert_eq!(s.index.len() as u64, s.items);
+    }
+
+    /// Items that are all read again keep moving on when their segment is evicted, more than
+    /// the main queue's open segment holds, so victims take their own moved items: every value
+    /// read back is the one written, and the counts add up.
+    #[test]
+    fn items_moved_on_in_their_own_segment_stay_intact() {
+        let mut s = Store::new(9 * MIB);
+        let value = |i: u32| vec![(i % 251) as u8; 100 + (i as usize * 7) % 700];
+        let keys = 30_000u32; // about 1.5 x the budget
+        let (mut hits, mut checked) = (0u64, 0u32);
+        for round in 0..6 {
+            for i in 0..keys {
+                let k = format!("key:{i}");
+                match get(&mut s, k.as_bytes(), 0) {
+                    Some(v) => {
+                        assert_eq!(v, value(i), "round {round}, key {i}");
+                        hits += 1;
+                    }
+                    None => set(&mut s, k.as_bytes(), &value(i), 0, 0).unwrap(),
+                }
+                checked += 1;
+                if checked % 5_000 == 0 {
+                    check_counts(&s);
+                }
+            }
+        }
+        check_counts(&s);
+        assert!(s.stats().evictions > 0 && hits > 0, "{:?}", s.stats());
+    }
+
+    #[test]
+    fn the_whole_budget_goes_to_segments() {
+        let budget = 16 * MIB;
+        let mut s = Store::new(budget);
+        for i in 0..200_000u32 {
+            set(&mut s, &i.to_le_bytes(), &[1; 100], 0, 0).unwrap();
+        }
+        let st = s.stats();
+        assert!(st.evictions > 0);
+        // Integer division leaves under a byte per segment.
+        assert!(
+            st.bytes_reserved <= budget as u64
+                && st.bytes_reserved > (budget - budget / SEGMENT_SIZE) as u64,
+            "{st:?}"
+        );
+    }
+
+    /// Hits per byte: items written once and never read, half of them small and half large,
+    /// many times the budget. The small ones start with read credit, so more of them stay.
+    #[test]
+    fn small_items_outlast_large_ones_of_the_same_popularity() {
+        let mut s = Store::new(16 * MIB);
+        let (small, large) = ([1u8; 64], [2u8; 3000]);
+        let n = 30_000u32;
+        for i in 0..n {
+            set(&mut s, format!("small:{i}").as_bytes(), &small, 0, 0).unwrap();
+            set(&mut s, format!("large:{i}").as_bytes(), &large, 0, 0).unwrap();
+        }
+        let kept = |s: &mut Store, kind: &str| {
+            (0..n)
+                .filter(|i| get(s, format!("{kind}:{i}").as_bytes(), 0).is_some())
+                .count()
+        };
+        let (kept_small, kept_large) = (kept(&mut s, "small"), kept(&mut s, "large"));
+        assert!(
+            kept_small > 2 * kept_large,
+            "{kept_small} small and {kept_large} large items kept"
+        );
+    }
+
     #[test]
     fn large_values_find_room_after_small_ones() {
         let mut s = Store::new(10 * MIB);
@@ -1430,8 +1563,10 @@ mod tests {
             Err(RequestError::ItemTooLarge(_))
         ));
         set(&mut s, b"k", &vec![0; 200_000], 0, 0).unwrap();
+        // A larger budget is split into whole segments of at least SEGMENT_SIZE, none left out.
         let mut s = Store::new(9 * MIB);
-        assert_eq!(s.max_item_len(), SEGMENT_SIZE);
+        assert_eq!(s.max_item_len(), 9 * MIB / 8);
+        assert!(s.max_item_len() >= SEGMENT_SIZE);
         set(&mut s, b"k", &vec![0; MAX_VALUE_LEN], 0, 0).unwrap();
         assert!(matches!(
             set(&mut s, b"k", &vec![0; MAX_VALUE_LEN + 1], 0, 0),

@@ -163,7 +163,7 @@ pub enum Queue {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// Empty, on the free list or held in reserve.
+    /// Empty, on the free list.
     Free,
     /// Taking writes for its queue, of items in one TTL class.
     Open(Queue, u8),
@@ -316,6 +316,31 @@ impl Segment {
         self.live_bytes += item.len() as u32;
         self.note(&h.meta(0));
         at
+    }
+
+    /// Makes the segment, while its items are being evicted, take the ones that stay from its
+    /// start ([`Segment::compact`]). Its live counts stay those of the items not yet looked
+    /// at; its bounds start over, to cover only what it will keep; and its generation changes,
+    /// since its items change places.
+    pub fn begin_compaction(&mut self) {
+        self.write_at = 0;
+        self.expires_by = 0;
+        self.min_expiry = u64::MAX;
+        self.max_cas = 0;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Moves the item at `at` down to the end of what the segment keeps, which is at most
+    /// `at`: the bytes after the item are not touched. Returns its new place.
+    pub fn compact(&mut self, at: u32, h: &Header) -> u32 {
+        let to = self.write_at;
+        debug_assert!(to <= at);
+        let len = h.item_len();
+        self.data
+            .copy_within(at as usize..at as usize + len, to as usize);
+        self.write_at += len as u32;
+        self.note(&h.meta(0));
+        to
     }
 
     /// Widens the segment's expiry and CAS bounds to cover an item written here.
