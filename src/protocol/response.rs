@@ -211,6 +211,10 @@ impl ResponseEncoder {
         self.count(Status::Ok);
         // The hot replies have a fixed layout and skip the builder (see `hot_reply`).
         let written = match *reply {
+            Reply::Empty => {
+                hot_reply::empty(id, out);
+                true
+            }
             Reply::Ping { payload } => hot_reply::ping(id, payload, out),
             Reply::Value { value, ttl_ms } => hot_reply::value(id, value, ttl_ms, out),
             _ => false,
@@ -301,6 +305,11 @@ impl ResponseEncoder {
         self.scratch.clear();
         // Writing into a String cannot fail.
         let _ = write!(self.scratch, "{error}");
+        // Every error reply has the same fixed layout (see `hot_reply`); the builder is kept for
+        // a reason too long for it, which no `RequestError` has.
+        if hot_reply::error(id, error.status().0, &self.scratch, out) {
+            return;
+        }
         let fbb = &mut self.fbb;
         fbb.reset();
         let message = fbb.create_string(&self.scratch);
