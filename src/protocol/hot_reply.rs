@@ -307,7 +307,7 @@ mod tests {
     }
 
     /// The encoder's replies for every `RequestError` take the fixed layout and carry the
-    /// error's status and `Display` text.
+    /// error's status and its `Display` text.
     #[test]
     fn encoder_error_replies_are_the_fixed_layout() {
         use crate::error::RequestError::{self, *};
@@ -334,7 +334,16 @@ mod tests {
             Internal("y"),
         ];
         let mut encoder = crate::protocol::ResponseEncoder::new();
-        for e in errors {
+        // Runs of one error and errors that differ only in their payload: the encoder reuses a
+        // reason it formatted for the same error value, and only then.
+        let runs = [
+            KeyTooLarge(301),
+            KeyTooLarge(301),
+            NotFound,
+            NotFound,
+            Malformed("z"),
+        ];
+        for e in errors.into_iter().chain(runs) {
             let mut out = BytesMut::new();
             encoder.error(u64::MAX, &e, &mut out);
             let text = e.to_string();
