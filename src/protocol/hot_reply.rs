@@ -1,5 +1,6 @@
-//! The hot replies (`PingReply` and `Value`, status Ok) written straight into the output, without
-//! `FlatBufferBuilder`.
+//! The hot replies written straight into the output, without `FlatBufferBuilder`: `PingReply` and
+//! `Value` (status Ok), the bodiless Ok of `Set` and `Delete`, and every error reply (a status and
+//! its reason, such as a get's or a delete's NotFound).
 //!
 //! The builder spends most of a reply's encoding on bookkeeping that does not change between
 //! replies of one shape: vtable search and deduplication, alignment padding computed field by
@@ -22,6 +23,23 @@
 //! | 44 | the body's vtable: `PingReply` 6 bytes (payload at +4) and 2 of padding, or `Value` 8 bytes (value at +4, ttl_ms at +8) |
 //! | 52 | the body table: soffset 8 back to its vtable; the vector's offset; `Value`'s ttl_ms |
 //! | 60 or 64 | the vector: u32 length, its bytes, zero padding to a multiple of 4 |
+//!
+//! The bodiless Ok ([`empty`], 32 bytes; status Ok is the schema's default, so it is left out):
+//!
+//! | at | what |
+//! |---:|---|
+//! | 0..12 | size prefix (28), root offset 16 (to the table at 20), identifier |
+//! | 12 | `Response` vtable: 6 bytes long, table 12 bytes, id at +4; 2 bytes of padding |
+//! | 20 | `Response` table: soffset 8 back to its vtable; id (8-aligned, at 24) |
+//!
+//! An error reply ([`error`]):
+//!
+//! | at | what |
+//! |---:|---|
+//! | 0..12 | size prefix, root offset 24 (to the table at 28), identifier |
+//! | 12 | `Response` vtable: 14 bytes long, table 20 bytes; id at +4, status at +16, error at +12 (body_type and body left out); 2 bytes of padding |
+//! | 28 | `Response` table: soffset 16 back to its vtable; id (at 32); the error's offset (to 48); status; 3 bytes of padding |
+//! | 48 | the error string: u32 length, its bytes, the NUL terminator, zero padding to a multiple of 4 |
 
 use bytes::{BufMut, BytesMut};
 
@@ -29,6 +47,8 @@ use bytes::{BufMut, BytesMut};
 const PING_HEADER: usize = 64;
 /// Bytes before a `Value`'s value.
 const VALUE_HEADER: usize = 68;
+/// Bytes before an error reply's reason.
+const ERROR_HEADER: usize = 52;
 /// The most bytes a hot reply carries: its frame's length must fit the u32 size prefix.
 const MAX_HOT_LEN: usize = u32::MAX as usize - 128;
 
@@ -92,6 +112,53 @@ pub fn value(id: u64, value: &[u8], ttl_ms: u32, out: &mut BytesMut) -> bool {
     tail[8..12].copy_from_slice(&ttl_ms.to_le_bytes());
     tail[12..16].copy_from_slice(&(value.len() as u32).to_le_bytes());
     put(out, &h, &tail, VALUE_HEADER, value);
+    true
+}
+
+/// Appends the frame of a successful reply without a body (`Set`, `Delete`) to request `id`.
+pub fn empty(id: u64, out: &mut BytesMut) {
+    let mut f = [0u8; 32];
+    f[0..4].copy_from_slice(&28u32.to_le_bytes());
+    f[4..8].copy_from_slice(&16u32.to_le_bytes());
+    f[8..12].copy_from_slice(super::RESPONSE_IDENTIFIER.as_bytes());
+    // The vtable: its length, the table's, id at +4; 18..20: padding.
+    for (i, v) in [6u16, 12, 4].into_iter().enumerate() {
+        f[12 + 2 * i..14 + 2 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    f[20..24].copy_from_slice(&8i32.to_le_bytes());
+    f[24..32].copy_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&f);
+}
+
+/// Appends the frame of an error reply to request `id`: `status` (its value in the schema's
+/// `Status`) and the reason `message`. Returns false (writing nothing) if the message is too long
+/// for this layout's size prefix.
+pub fn error(id: u64, status: u8, message: &str, out: &mut BytesMut) -> bool {
+    let message = message.as_bytes();
+    if message.len() > MAX_HOT_LEN {
+        return false;
+    }
+    let mut h = [0u8; ERROR_HEADER];
+    // 0..4: the size prefix, written below.
+    h[4..8].copy_from_slice(&24u32.to_le_bytes());
+    h[8..12].copy_from_slice(super::RESPONSE_IDENTIFIER.as_bytes());
+    // The vtable: its length, the table's, then id, status, body_type, body, error.
+    for (i, v) in [14u16, 20, 4, 16, 0, 0, 12].into_iter().enumerate() {
+        h[12 + 2 * i..14 + 2 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    h[28..32].copy_from_slice(&16i32.to_le_bytes());
+    h[32..40].copy_from_slice(&id.to_le_bytes());
+    h[40..44].copy_from_slice(&8u32.to_le_bytes());
+    h[44] = status;
+    h[48..52].copy_from_slice(&(message.len() as u32).to_le_bytes());
+    // The NUL terminator and the padding after it: 1 to 4 zero bytes.
+    let zeros = 1 + (message.len() + 1).wrapping_neg() % 4;
+    let frame_len = ERROR_HEADER + message.len() + zeros;
+    h[0..4].copy_from_slice(&((frame_len - 4) as u32).to_le_bytes());
+    out.reserve(frame_len);
+    out.put_slice(&h);
+    out.put_slice(message);
+    out.put_bytes(0, zeros);
     true
 }
 
@@ -182,6 +249,109 @@ mod tests {
                     assert!(r.body_as_ping_reply().is_none());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn empty_replies_verify_and_read_back() {
+        for id in [0, 1, 0x0102_0304_0506_0708, u64::MAX] {
+            let mut out = BytesMut::from(&b"ab"[..]);
+            empty(id, &mut out);
+            assert_eq!(&out[..2], b"ab", "appends");
+            let frame = &out[2..];
+            let r = read_back(frame);
+            assert_eq!((r.id(), r.status(), r.error()), (id, Status::Ok, None));
+            assert_eq!(r.body_type(), fb::Reply::NONE);
+            assert!(r.body().is_none());
+            let view = ResponseView::decode(frame).unwrap();
+            assert_eq!((view.id, view.status, view.error), (id, Status::Ok, None));
+            assert!(matches!(view.body, ReplyView::None));
+            let mut encoded = BytesMut::new();
+            crate::protocol::ResponseEncoder::new().ok(
+                id,
+                &crate::protocol::Reply::Empty,
+                &mut encoded,
+            );
+            assert_eq!(encoded, frame, "the encoder writes this layout");
+        }
+    }
+
+    #[test]
+    fn error_replies_verify_and_read_back() {
+        let text: String = ('a'..='z').cycle().take(300).collect();
+        // Multi-byte UTF-8 too: the length is in bytes.
+        let accented = "clé absente: ünïcödé";
+        for &status in Status::ENUM_VALUES {
+            for id in [0, 3, u64::MAX] {
+                for message in (0..40)
+                    .chain([255, 256, 300])
+                    .map(|n| &text[..n])
+                    .chain([accented])
+                {
+                    let mut out = BytesMut::from(&b"q"[..]);
+                    assert!(error(id, status.0, message, &mut out));
+                    let frame = &out[1..];
+                    let r = read_back(frame);
+                    assert_eq!((r.id(), r.status(), r.error()), (id, status, Some(message)));
+                    assert_eq!(r.body_type(), fb::Reply::NONE);
+                    assert!(r.body().is_none());
+                    let view = ResponseView::decode(frame).unwrap();
+                    assert_eq!(
+                        (view.id, view.status, view.error),
+                        (id, status, Some(message))
+                    );
+                    assert!(matches!(view.body, ReplyView::None));
+                }
+            }
+        }
+    }
+
+    /// The encoder's replies for every `RequestError` take the fixed layout and carry the
+    /// error's status and its `Display` text.
+    #[test]
+    fn encoder_error_replies_are_the_fixed_layout() {
+        use crate::error::RequestError::{self, *};
+        let errors: [RequestError; 17] = [
+            EmptyFrame,
+            FrameTooLarge {
+                len: usize::MAX,
+                max: 1,
+            },
+            Malformed("x"),
+            UnknownOp(u8::MAX),
+            MissingField("key"),
+            EmptyKey,
+            KeyTooLarge(300),
+            ValueTooLarge(usize::MAX),
+            InputTooLarge(2 << 20),
+            ZeroRounds,
+            TooManyRounds(u32::MAX),
+            UnknownAlgo(9),
+            ItemTooLarge(1),
+            NotFound,
+            ComputeQueueFull,
+            ShuttingDown,
+            Internal("y"),
+        ];
+        let mut encoder = crate::protocol::ResponseEncoder::new();
+        // Runs of one error and errors that differ only in their payload: the encoder reuses a
+        // reason it formatted for the same error value, and only then.
+        let runs = [
+            KeyTooLarge(301),
+            KeyTooLarge(301),
+            NotFound,
+            NotFound,
+            Malformed("z"),
+        ];
+        for e in errors.into_iter().chain(runs) {
+            let mut out = BytesMut::new();
+            encoder.error(u64::MAX, &e, &mut out);
+            let text = e.to_string();
+            let mut fixed = BytesMut::new();
+            assert!(error(u64::MAX, e.status().0, &text, &mut fixed));
+            assert_eq!(out, fixed, "{e:?}");
+            let view = ResponseView::decode(&out).unwrap();
+            assert_eq!((view.status, view.error), (e.status(), Some(text.as_str())));
         }
     }
 }

@@ -165,6 +165,8 @@ pub enum Reply<'a> {
 pub struct ResponseEncoder {
     fbb: FlatBufferBuilder<'static>,
     scratch: String,
+    /// The error whose reason `scratch` holds.
+    scratch_of: Option<RequestError>,
     /// Replies encoded so far, by status (indexed by the status's value): the encoder is the
     /// one place every native reply passes, so counting here misses none.
     replies: [u64; Status::ENUM_MAX as usize + 1],
@@ -181,6 +183,7 @@ impl ResponseEncoder {
         ResponseEncoder {
             fbb: FlatBufferBuilder::with_capacity(4096),
             scratch: String::with_capacity(128),
+            scratch_of: None,
             replies: [0; Status::ENUM_MAX as usize + 1],
         }
     }
@@ -211,6 +214,10 @@ impl ResponseEncoder {
         self.count(Status::Ok);
         // The hot replies have a fixed layout and skip the builder (see `hot_reply`).
         let written = match *reply {
+            Reply::Empty => {
+                hot_reply::empty(id, out);
+                true
+            }
             Reply::Ping { payload } => hot_reply::ping(id, payload, out),
             Reply::Value { value, ttl_ms } => hot_reply::value(id, value, ttl_ms, out),
             _ => false,
@@ -298,9 +305,19 @@ impl ResponseEncoder {
     /// Appends an error reply to request `id` (0 when the request's id is unknown).
     pub fn error(&mut self, id: u64, error: &RequestError, out: &mut BytesMut) {
         self.count(error.status());
-        self.scratch.clear();
-        // Writing into a String cannot fail.
-        let _ = write!(self.scratch, "{error}");
+        // A run of one error (a get miss after another) formats its reason once: the text is a
+        // function of the error's value alone.
+        if self.scratch_of != Some(*error) {
+            self.scratch.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(self.scratch, "{error}");
+            self.scratch_of = Some(*error);
+        }
+        // Every error reply has the same fixed layout (see `hot_reply`); the builder is kept for
+        // a reason too long for it, which no `RequestError` has.
+        if hot_reply::error(id, error.status().0, &self.scratch, out) {
+            return;
+        }
         let fbb = &mut self.fbb;
         fbb.reset();
         let message = fbb.create_string(&self.scratch);
