@@ -23,6 +23,9 @@ pub struct Batch {
     /// The store's clock for the requests routed now: read when routing starts, and again
     /// after any wait, so a TTL counts from when a request runs, not from when it was read.
     now: Instant,
+    /// `now` as the store's milliseconds, worked out once per batch (about 80 instructions, 4%
+    /// of a pipelined set, when it was done per request).
+    now_ms: Option<u64>,
     pub answered: [u64; OpKind::COUNT],
     /// Unix time, read once per batch when a command needs it (memcached's absolute exptimes).
     unix: Option<i64>,
@@ -34,6 +37,7 @@ impl Batch {
         Batch {
             started,
             now: Instant::now(),
+            now_ms: None,
             answered: [0; OpKind::COUNT],
             unix: None,
         }
@@ -42,12 +46,14 @@ impl Batch {
     /// The routing waited (for a mesh permit): the store's clock moves on.
     pub fn waited(&mut self) {
         self.now = Instant::now();
+        self.now_ms = None;
         self.unix = None;
     }
 
     /// The store's clock for requests routed now (milliseconds since the core started).
-    pub fn store_ms(&self, shard: &Shard) -> u64 {
-        shard.ms_since_start(self.now)
+    pub fn store_ms(&mut self, shard: &Shard) -> u64 {
+        let now = self.now;
+        *self.now_ms.get_or_insert_with(|| shard.ms_since_start(now))
     }
 
     /// Seconds since the Unix epoch, read once per batch.
