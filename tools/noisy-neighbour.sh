@@ -2,7 +2,7 @@
 # Noisy neighbour: get latency on a core that a flood of Compute shares, percore beside its peers.
 #
 #   tools/noisy-neighbour.sh                                   # percore and peer-tokio, 3 rounds
-#   BEFORE=/work/baseline/percore SERVERS=percore,before tools/noisy-neighbour.sh
+#   BEFORE=path/to/older/percore SERVERS=percore,before tools/noisy-neighbour.sh
 #
 # Each server runs alone on SERVER_CPU (--cores 1); both generators run on LOAD_CPU. Gets go
 # open loop at RATE/s over 8 connections (100% hits); the flood is Compute (sha256, 200 rounds,
