@@ -473,15 +473,7 @@ impl Poller {
                 // Asleep with no writer, or awake with nobody waiting here (every connection is
                 // busy, or there are none): wait until that changes. Quiet is counted only
                 // while someone waits.
-                std::future::poll_fn(|cx| {
-                    if self.has_nothing_to_do() {
-                        *self.task.borrow_mut() = Some(cx.waker().clone());
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(())
-                    }
-                })
-                .await;
+                self.pause_while(|| self.has_nothing_to_do()).await;
                 quiet_since = None;
                 empty_looks = 0;
                 pass_started = Instant::now();
@@ -519,15 +511,8 @@ impl Poller {
             } else if self.background.get() > 0 {
                 // Background work has the core: spinning here would only take turns from it.
                 // Its looks wake the poller when the network has something.
-                std::future::poll_fn(|cx| {
-                    if self.background.get() > 0 && !self.pending_delivery.get() {
-                        *self.task.borrow_mut() = Some(cx.waker().clone());
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(())
-                    }
-                })
-                .await;
+                self.pause_while(|| self.background.get() > 0 && !self.pending_delivery.get())
+                    .await;
                 quiet_since = None;
                 empty_looks = 0;
                 continue;
@@ -551,6 +536,19 @@ impl Poller {
                 pass_started = Instant::now();
             }
         }
+    }
+
+    /// Parks the poller task while `paused` holds; whatever changes it calls `resume`.
+    async fn pause_while(&self, paused: impl Fn() -> bool) {
+        std::future::poll_fn(|cx| {
+            if paused() {
+                *self.task.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
     }
 
     /// One non-blocking `epoll_wait`; marks and wakes what it reports. Returns the event count,
