@@ -15,14 +15,18 @@
 # the queueing behind a slow reply on the same connection that the intended-time latency adds).
 # Each round's line also gives "foreign", the share of the two CPUs that neither the server nor
 # the generators used (other processes on a shared machine; a run with much of it is disturbed).
-# Raw figures: OUT_DIR/rounds.json.
+# "steal" is the share of the two CPUs' time the hypervisor gave to other guests while they
+# had work: on a virtual machine the tails move with it. SERVERS may include "floor", peer-echo's
+# epoll engine (the fastest echo this machine allows), measured alone with pings at the same rate
+# and connections: its p99 is the tail this machine gives with no server work at all, under
+# which no server's figure can go. Raw figures: OUT_DIR/rounds.json.
 #
 # Settings (environment): SERVERS [percore,peer-tokio] (also: before, the percore binary at
-# BEFORE), RUNS [3], DURATION [5s, of each measured run], RATE [20000], SERVER_CPU [0],
-# LOAD_CPU [1], NICE [0: the niceness of the server and the get generator; the flood's generator
-# runs at NICE+15. With the kernel's autogroups, niceness counts only within a session, so a
-# negative NICE runs the script in a session of its own whose autogroup gets NICE too: on a
-# machine shared with builds, NICE=-19 keeps them from taking the measured CPUs],
+# BEFORE; floor, peer-echo), RUNS [3], DURATION [5s, of each measured run], RATE [20000],
+# SERVER_CPU [0], LOAD_CPU [1], NICE [0: the niceness of the server and the get generator; the
+# flood's generator runs at NICE+15. With the kernel's autogroups, niceness counts only within
+# a session, so a negative NICE runs the script in a session of its own whose autogroup gets
+# NICE too: on a machine shared with builds, NICE=-19 keeps them from taking the measured CPUs],
 # GET_IDLE_POLL [20us, percore-load's default: how long the get generator polls after a reply;
 # it shares its CPU with the flood's generator, so every reply it spins after is CPU the flood
 # does not get], BIN [target/release], SKIP_BUILD [unset], OUT_DIR [target/noisy-neighbour].
@@ -41,8 +45,8 @@ if [ "$NICE" -lt 0 ] && [ -w /proc/self/autogroup ]; then
   echo "$NICE" >/proc/self/autogroup
 fi
 if [ -z "${SKIP_BUILD:-}" ]; then
-  echo "noisy-neighbour: cargo build --release (percore, percore-load, peer-tokio)" >&2
-  cargo build --release --quiet -p percore -p percore-load -p peer-tokio
+  echo "noisy-neighbour: cargo build --release (percore, percore-load, peer-tokio, peer-echo)" >&2
+  cargo build --release --quiet -p percore -p percore-load -p peer-tokio -p peer-echo
 fi
 if [[ ",$SERVERS," == *,before,* ]] && [ ! -x "$BEFORE" ]; then
   echo "noisy-neighbour: SERVERS has 'before' but BEFORE=$BEFORE is not an executable" >&2
@@ -83,7 +87,7 @@ def seconds(text):
 def binary(name):
     if name == "before":
         return os.environ["BEFORE"]
-    return os.path.join(BIN, name)
+    return os.path.join(BIN, "peer-echo" if name == "floor" else name)
 
 
 def free_port():
@@ -93,14 +97,15 @@ def free_port():
 
 
 def cpu_busy():
-    """user+nice+system seconds of the two CPUs."""
-    total = 0.0
+    """(user+nice+system, steal) seconds of the two CPUs."""
+    busy = steal = 0.0
     with open("/proc/stat") as f:
         for line in f:
             name, *vals = line.split()
             if name in (f"cpu{SERVER_CPU}", f"cpu{LOAD_CPU}"):
-                total += sum(int(v) for v in vals[:3]) / TICK
-    return total
+                busy += sum(int(v) for v in vals[:3]) / TICK
+                steal += int(vals[7]) / TICK if len(vals) > 7 else 0.0
+    return busy, steal
 
 
 def proc_cpu(pid):
@@ -118,6 +123,8 @@ class Server:
         self.log = open(os.path.join(OUT, f"{name}.log"), "w")
         cmd = ["nice", "-n", str(NICE), "taskset", "-c", SERVER_CPU, binary(name),
                "--listen", f"127.0.0.1:{self.port}", "--cores", "1"]
+        if name == "floor":
+            cmd += ["--engine", "epoll"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -168,8 +175,11 @@ FLOOD = ["--workload", "compute", "--compute-algo", "sha256", "--compute-rounds"
          "--value-size", "1024", "--connections", "8", "--pipeline", "8"]
 
 
-def get_figures(r):
-    lat, service = r["latency_us"]["get"], r["service_time_us"]["get"]
+PINGS = ["--workload", "ping"] + GETS[2:]
+
+
+def get_figures(r, op="get"):
+    lat, service = r["latency_us"][op], r["service_time_us"][op]
     return {"p50": lat["p50"] / 1000, "p99": lat["p99"] / 1000, "p999": lat["p999"] / 1000,
             "service_p99": service["p99"] / 1000, "late_sends": r["late_sends"]}
 
@@ -177,34 +187,41 @@ def get_figures(r):
 def one_round(name, rnd):
     server = Server(name)
     try:
-        cmd = ["taskset", "-c", LOAD_CPU, os.path.join(BIN, "percore-load"), "--target",
-               f"127.0.0.1:{server.port}", "--cores", "1", "--quiet", "--workload", "get",
-               "--keys", KEYS, "--prefill", "--requests", "1", "--pipeline", "16"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if name != "floor":
+            cmd = ["taskset", "-c", LOAD_CPU, os.path.join(BIN, "percore-load"), "--target",
+                   f"127.0.0.1:{server.port}", "--cores", "1", "--quiet", "--workload", "get",
+                   "--keys", KEYS, "--prefill", "--requests", "1", "--pipeline", "16"]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out = {"server": name, "round": rnd}
         # Children's CPU time counts the generators once waited for; the server is not yet.
-        busy0, srv0, t0 = cpu_busy(), proc_cpu(server.proc.pid), time.monotonic()
+        (busy0, steal0), srv0, t0 = cpu_busy(), proc_cpu(server.proc.pid), time.monotonic()
         usage0 = os.times()
 
-        p, j = load(server, f"{name}-{rnd}-gets-solo", GETS)
-        out["solo"] = get_figures(result(p, j, "gets-solo"))
-        p, j = load(server, f"{name}-{rnd}-compute-solo", FLOOD, nice=True)
-        out["compute_solo"] = result(p, j, "compute-solo")["throughput"]
-        # The flood starts first and outlasts the gets by a second on each side.
-        flood_time = f"{seconds(DURATION) + 2:.3f}s"
-        fp, fj = load(server, f"{name}-{rnd}-flood", FLOOD, nice=True, duration=flood_time,
-                      warmup="500ms")
-        time.sleep(1.5)
-        p, j = load(server, f"{name}-{rnd}-gets-noisy", GETS)
-        out["noisy"] = get_figures(result(p, j, "gets-noisy"))
-        out["compute_noisy"] = result(fp, fj, "flood")["throughput"]
+        if name == "floor":
+            # The echo has no store and no Compute: pings alone, the machine's own tail.
+            p, j = load(server, f"{name}-{rnd}-pings-solo", PINGS)
+            out["solo"] = get_figures(result(p, j, "pings-solo"), "ping")
+        else:
+            p, j = load(server, f"{name}-{rnd}-gets-solo", GETS)
+            out["solo"] = get_figures(result(p, j, "gets-solo"))
+            p, j = load(server, f"{name}-{rnd}-compute-solo", FLOOD, nice=True)
+            out["compute_solo"] = result(p, j, "compute-solo")["throughput"]
+            # The flood starts first and outlasts the gets by a second on each side.
+            flood_time = f"{seconds(DURATION) + 2:.3f}s"
+            fp, fj = load(server, f"{name}-{rnd}-flood", FLOOD, nice=True, duration=flood_time,
+                          warmup="500ms")
+            time.sleep(1.5)
+            p, j = load(server, f"{name}-{rnd}-gets-noisy", GETS)
+            out["noisy"] = get_figures(result(p, j, "gets-noisy"))
+            out["compute_noisy"] = result(fp, fj, "flood")["throughput"]
         usage1 = os.times()
         load_cpu = (usage1.children_user + usage1.children_system
                     - usage0.children_user - usage0.children_system)
         wall = time.monotonic() - t0
-        busy = cpu_busy() - busy0
+        busy1, steal1 = cpu_busy()
         server_cpu = proc_cpu(server.proc.pid) - srv0
-        out["foreign"] = max(0.0, busy - server_cpu - load_cpu) / (2 * wall)
+        out["foreign"] = max(0.0, busy1 - busy0 - server_cpu - load_cpu) / (2 * wall)
+        out["steal"] = (steal1 - steal0) / (2 * wall)
         return out
     finally:
         server.stop()
@@ -216,10 +233,14 @@ for rnd in range(RUNS):
     for name in order:
         r = one_round(name, rnd)
         rows.append(r)
-        print(f"noisy-neighbour: round {rnd + 1}/{RUNS} {name}: "
-              f"get p99 solo {r['solo']['p99']:.3f} ms, beside the flood "
-              f"{r['noisy']['p99']:.3f} ms; compute {r['compute_noisy']:.0f}/s of "
-              f"{r['compute_solo']:.0f}/s solo; foreign {r['foreign']:.0%}", flush=True)
+        if "noisy" in r:
+            figures = (f"get p99 solo {r['solo']['p99']:.3f} ms, beside the flood "
+                       f"{r['noisy']['p99']:.3f} ms; compute {r['compute_noisy']:.0f}/s of "
+                       f"{r['compute_solo']:.0f}/s solo")
+        else:
+            figures = f"ping p99 solo {r['solo']['p99']:.3f} ms"
+        print(f"noisy-neighbour: round {rnd + 1}/{RUNS} {name}: {figures}; "
+              f"foreign {r['foreign']:.0%}, steal {r['steal']:.1%}", flush=True)
 
 med = statistics.median
 print()
@@ -228,14 +249,20 @@ print(f"Gets at {RATE}/s open loop (8 connections), alone and beside a Compute f
       f"generators on CPU {LOAD_CPU}; medians of {RUNS} rounds, latency in ms")
 print()
 print("| server | get p50 alone | p99 alone | p50 flood | p99 flood | p99.9 flood "
-      "| service p99 flood | compute/s alone | compute/s flood | kept |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+      "| service p99 flood | compute/s alone | compute/s flood | kept | steal |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 summary = {}
 for name in SERVERS:
     rs = [r for r in rows if r["server"] == name]
-    s = {
-        "solo_p50": med(r["solo"]["p50"] for r in rs),
-        "solo_p99": med(r["solo"]["p99"] for r in rs),
+    s = {"solo_p50": med(r["solo"]["p50"] for r in rs),
+         "solo_p99": med(r["solo"]["p99"] for r in rs),
+         "steal": med(r["steal"] for r in rs)}
+    if name == "floor":
+        summary[name] = s
+        print(f"| floor (peer-echo, pings) | {s['solo_p50']:.3f} | {s['solo_p99']:.3f} "
+              f"| - | - | - | - | - | - | - | {s['steal']:.1%} |")
+        continue
+    s.update({
         "p50": med(r["noisy"]["p50"] for r in rs),
         "p99": med(r["noisy"]["p99"] for r in rs),
         "p999": med(r["noisy"]["p999"] for r in rs),
@@ -243,11 +270,11 @@ for name in SERVERS:
         "compute_solo": med(r["compute_solo"] for r in rs),
         "compute_noisy": med(r["compute_noisy"] for r in rs),
         "kept": med(r["compute_noisy"] / r["compute_solo"] for r in rs),
-    }
+    })
     summary[name] = s
     print(f"| {name} | {s['solo_p50']:.3f} | {s['solo_p99']:.3f} | {s['p50']:.3f} "
           f"| {s['p99']:.3f} | {s['p999']:.3f} | {s['service_p99']:.3f} | {s['compute_solo']:.0f} "
-          f"| {s['compute_noisy']:.0f} | {s['kept']:.0%} |")
+          f"| {s['compute_noisy']:.0f} | {s['kept']:.0%} | {s['steal']:.1%} |")
 if "percore" in summary:
     for other in ("peer-tokio", "before"):
         if other in summary and summary["percore"]["p99"] > 0:
