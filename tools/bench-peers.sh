@@ -19,7 +19,9 @@
 # generators' cgroups get a high CPU_WEIGHT, so that other work on a shared machine takes only
 # what they leave (the rest of the server's CPU beyond its quota). Each run records the
 # CPU time of the server (/proc/PID/stat) and of every generator (its rusage); a cell whose
-# generator used over 90% of its CPU is marked, as its figure may be the generator's.
+# generator used over 90% of its CPU is marked, as its figure may be the generator's. Under the
+# cap it also records how long the server's cgroup was throttled (cpu.stat), which shows when a
+# server loses capacity to how the quota is enforced rather than to its own work.
 #
 # Stalls: the machine is shared, so each run samples /proc/stat for the watched CPUs. CPU time
 # spent on them by anything but the server and the generators (on the server's CPUs only past
@@ -121,6 +123,7 @@ trap cleanup EXIT INT TERM
 python3 - <<'PY'
 """The runner: starts the servers capped, runs the scenarios alternately, detects stalls,
 reports medians, ratios and goals."""
+import gzip
 import json
 import os
 import platform
@@ -355,6 +358,23 @@ class Server:
                         raise SystemExit(f"{name} did not start listening; see {self.log_path}")
                     time.sleep(0.05)
 
+    def throttled_seconds(self):
+        """Seconds the server's cgroup has spent throttled (its quota used up, waiting for the
+        next period), or None without a cap: cpu.stat's throttled_usec (v2) or throttled_time
+        (v1, ns)."""
+        if not self.cap:
+            return None
+        try:
+            with open(os.path.join(self.cap, "cpu.stat")) as f:
+                stat = dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+        except OSError:
+            return None
+        if "throttled_usec" in stat:
+            return int(stat["throttled_usec"]) / 1e6
+        if "throttled_time" in stat:
+            return int(stat["throttled_time"]) / 1e9
+        return None
+
     def cpu_seconds(self):
         # utime + stime of the whole process (all threads): fields 14 and 15 of /proc/PID/stat.
         with open(f"/proc/{self.proc.pid}/stat") as f:
@@ -428,6 +448,7 @@ def measure(server, jobs, tag):
         if json_path and os.path.exists(json_path):
             os.remove(json_path)
     stat0, srv0, t0 = cpu_times(), server.cpu_seconds(), time.monotonic()
+    throttled0 = server.throttled_seconds()
     procs = {}
     with open(out_path, "a") as out:
         for name, args, _ in jobs:
@@ -456,6 +477,7 @@ def measure(server, jobs, tag):
             results[name] = r
     wall = time.monotonic() - t0
     stat1, srv1 = cpu_times(), server.cpu_seconds()
+    throttled1 = server.throttled_seconds()
     def busy(cpus):
         return sum(stat1[c][0] - stat0[c][0] for c in cpus)
     steal = sum(stat1[c][1] - stat0[c][1] for c in WATCHED_CPUS)
@@ -470,7 +492,9 @@ def measure(server, jobs, tag):
     else:
         foreign = max(0.0, busy(WATCHED_CPUS) - server_cpu - load_cpu)
     run = {"wall_s": wall, "server_cpu_s": server_cpu, "foreign_s": foreign, "steal_s": steal,
-           "foreign_share": (foreign + steal) / (wall * len(WATCHED_CPUS))}
+           "foreign_share": (foreign + steal) / (wall * len(WATCHED_CPUS)),
+           "throttled_s": (throttled1 - throttled0
+                           if throttled0 is not None and throttled1 is not None else None)}
     for r in results.values():
         r.update(run)
     return results
@@ -648,6 +672,24 @@ def per_cpu_second(r):
     # whole run (warm-up included, same load): requests per second of server CPU.
     used = r["server_cpu_s"] / r["wall_s"]
     return r["throughput"] / used if used > 0 else None
+
+
+def kernel_tick():
+    """The scheduler tick, from the running kernel's config if it is readable."""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            for line in f:
+                if line.startswith("CONFIG_HZ="):
+                    hz = int(line.split("=")[1])
+                    return f"every {1000 / hz:g} ms here, HZ={hz}"
+    except (OSError, ValueError):
+        pass
+    return "every 1/HZ s"
+
+
+def throttled_share(r):
+    t = r.get("throttled_s")
+    return 100 * t / r["wall_s"] if t is not None else None
 
 
 def generator_share(r):
@@ -890,6 +932,23 @@ def main():
         table(closed, lambda r: 100 * r["server_cpu_s"] / r["wall_s"],
               "Closed loop: server CPU use, % of one CPU", SCENARIOS, marks=False),
         "",
+    ]
+    if QUOTA:
+        report += [
+            table(closed, throttled_share,
+                  "Closed loop: time the server's cgroup spent throttled, % of the run",
+                  SCENARIOS, marks=False),
+            "",
+            "A server that used its whole quota in every period would use "
+            f"{QUOTA}% of a CPU and be throttled for {100 - QUOTA}% of the time. The kernel "
+            "charges a running task's CPU to its cgroup's quota when the scheduler next looks: "
+            f"at a sleep, a wake-up on its CPU, or a scheduler tick ({kernel_tick()}). A server "
+            "that polls instead of sleeping can so overrun a period's quota and stay throttled "
+            "past the period's end while the overrun is paid back; a throttled share over "
+            f"{100 - QUOTA}% with CPU use under {QUOTA}% is what that looks like.",
+            "",
+        ]
+    report += [
         f"Open loop at {RATE_FRACTION:.0%} of the slowest server's closed-loop median: "
         f"{rate_line}.",
         "",
