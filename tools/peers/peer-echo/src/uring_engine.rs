@@ -156,6 +156,8 @@ impl BufferRing {
     }
 }
 
+/// One core's echo: its ring, its provided buffers, its listener and its connections (a slab
+/// indexed by the slot in each submission's `user_data`).
 struct Engine {
     ring: IoUring,
     buffers: BufferRing,
@@ -169,8 +171,9 @@ struct Engine {
     idle_poll: Duration,
 }
 
-/// Serves `socket` on `cpu` from a thread of its own until the process ends. Returns once the
-/// thread's ring is set up, or with the reason it cannot be (io_uring missing or disabled).
+/// Serves `listener` from a thread of its own, pinned to `cpu` if given, until the process
+/// ends. Returns once the thread's ring is set up, or with the reason it cannot be (io_uring
+/// missing or disabled).
 pub fn start(
     cpu: Option<usize>,
     listener: TcpListener,
@@ -179,7 +182,7 @@ pub fn start(
 ) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
     let (ready, set_up) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
-        .name(format!("peer-echo-uring-{}", cpu.map_or(-1, |c| c as i64)))
+        .name(cpu.map_or("peer-echo-uring".into(), |c| format!("peer-echo-uring-{c}")))
         .spawn(move || {
             if let Some(cpu) = cpu {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
