@@ -258,67 +258,48 @@ fn flush(conn: &mut Echo, epoll: &Epoll, fd: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::tests::assert_reads_as;
-    use bytes::BytesMut;
-    use percore::protocol::frame::{self, Peek};
-    use percore::protocol::{Op, Reply, RequestEncoder, ResponseEncoder};
+    use crate::engine_tests;
 
-    /// Pipelined Pings of every size up to 2 MiB come back as replies that read as percore's,
-    /// in order, through short reads, buffer growth and short sends.
-    #[test]
-    fn pipelined_pings_of_any_size_come_back_as_their_replies() {
+    fn serve_on_port(verbatim: bool, idle_poll: Duration) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || serve(listener, false, Duration::from_micros(100)));
+        std::thread::spawn(move || serve(listener, verbatim, idle_poll));
+        addr
+    }
 
-        let sizes: Vec<usize> = (0..64).chain([4096, 70_000, 1 << 20, 2 << 20]).collect();
-        let (mut requests, mut want) = (BytesMut::new(), BytesMut::new());
-        let (mut req, mut rep) = (RequestEncoder::new(), ResponseEncoder::new());
-        // Ids from 1: with id 0 (a default, left out) a Ping is laid out unlike the reply head.
-        for (id, &len) in (1u64..).zip(&sizes) {
-            let payload: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + id) as u8).collect();
-            req.encode(id, &Op::Ping { payload: &payload }, &mut requests);
-            rep.ok(id, &Reply::Ping { payload: &payload }, &mut want);
-        }
-        let mut client = TcpStream::connect(addr).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut writer = client.try_clone().unwrap();
-        // Written from another thread while this one reads, so the server's sends can stall.
-        let requests_len = requests.len();
-        let sent = std::thread::spawn(move || writer.write_all(&requests));
-        // The echo keeps each request's length, so the replies take as many bytes as the requests.
-        let mut got = vec![0u8; requests_len];
-        client.read_exact(&mut got).unwrap();
-        sent.join().unwrap().unwrap();
-        let (mut at, mut at_want) = (0, 0);
-        for (i, len) in sizes.iter().enumerate() {
-            let (Ok(Peek::Complete { len: n }), Ok(Peek::Complete { len: m })) = (
-                frame::peek(&got[at..], usize::MAX),
-                frame::peek(&want[at_want..], usize::MAX),
-            ) else {
-                panic!("reply {i} is not a whole frame");
-            };
-            let what = format!("reply {i}, payload {len} bytes");
-            assert_reads_as(&got[at..at + n], &want[at_want..at_want + m], &what);
-            (at, at_want) = (at + n, at_want + m);
-        }
-        assert_eq!(at, got.len(), "bytes after the last reply");
+    #[test]
+    fn pipelined_pings_of_any_size_come_back_as_their_replies() {
+        engine_tests::pipelined_pings_of_any_size_come_back(serve_on_port(
+            false,
+            Duration::from_micros(100),
+        ));
+    }
+
+    #[test]
+    fn pings_come_back_when_the_engine_sleeps_between_events() {
+        engine_tests::pipelined_pings_of_any_size_come_back(serve_on_port(false, Duration::ZERO));
     }
 
     #[test]
     fn a_stream_that_is_not_frames_is_closed() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || serve(listener, false, Duration::ZERO));
-        let mut client = TcpStream::connect(addr).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        client.write_all(&[0, 0, 0, 0, 1, 2, 3]).unwrap();
-        let mut buf = [0u8; 16];
-        let n = client.read(&mut buf).unwrap_or(0);
-        assert_eq!(n, 0, "a zero length prefix ends the connection");
+        engine_tests::a_stream_that_is_not_frames_is_closed(serve_on_port(false, Duration::ZERO));
+    }
+
+    #[test]
+    fn verbatim_frames_come_back_unchanged() {
+        engine_tests::verbatim_frames_come_back_unchanged(serve_on_port(true, Duration::ZERO));
+    }
+
+    #[test]
+    fn clients_that_leave_mid_stream_do_not_stop_the_others() {
+        engine_tests::clients_that_leave_mid_stream_do_not_stop_the_others(serve_on_port(
+            false,
+            Duration::ZERO,
+        ));
+    }
+
+    #[test]
+    fn a_client_that_reads_late_is_pushed_back() {
+        engine_tests::a_client_that_reads_late_is_pushed_back(serve_on_port(false, Duration::ZERO));
     }
 }

@@ -1,9 +1,11 @@
-//! peer-echo: a length-prefixed echo, the floor under percore's protocol, on two engines.
+//! peer-echo: a length-prefixed echo, the floor under percore's protocol, on three engines.
 //!
-//! - [`epoll_engine`] (the default): the fastest echo this machine allows. A pinned thread per
-//!   core, epoll, one `recv` and one `send` per batch, polling for `--idle-poll` before it
-//!   sleeps as percore does. percore against it measures everything percore does above the
-//!   kernel's sockets.
+//! - [`epoll_engine`] (the default): a pinned thread per core, epoll, one `recv` and one `send`
+//!   per batch, polling for `--idle-poll` before it sleeps as percore does.
+//! - [`uring_engine`]: a pinned thread per core on its own io_uring, multishot accept and
+//!   receive into provided buffers, one `send` per connection per batch of completions, the
+//!   same `--idle-poll`. With the epoll engine it is the floor: percore against the faster of
+//!   the two measures everything percore does above the kernel's sockets.
 //! - [`glommio_engine`]: percore's own runtime below the protocol (pinned glommio executors,
 //!   `percore::runtime`'s connections). percore against it measures the protocol and the
 //!   request path alone.
@@ -12,9 +14,12 @@
 //! Ping requests turned into their replies in place ([`frames`]), so that percore-load, which
 //! checks every reply, accepts the echo. With `--verbatim` the bytes go back unchanged.
 
+#[cfg(test)]
+mod engine_tests;
 mod epoll_engine;
 mod frames;
 mod glommio_engine;
+mod uring_engine;
 
 use std::net::SocketAddr;
 
@@ -27,6 +32,8 @@ use percore::runtime::net;
 enum Engine {
     /// A thread per core on epoll with plain recv and send: the floor
     Epoll,
+    /// A thread per core on its own io_uring, multishot receive: the floor (Linux 6.1 or later)
+    Uring,
     /// percore's glommio runtime, as percore uses it
     Glommio,
 }
@@ -47,8 +54,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Engine::Epoll)]
     engine: Engine,
 
-    /// With the epoll engine, how long a core keeps polling after its last event before it
-    /// sleeps in epoll_wait (percore's --idle-poll has the same default); 0 never polls
+    /// With the epoll and uring engines, how long a core keeps polling after its last event
+    /// before it sleeps in the kernel (percore's --idle-poll has the same default); 0 never polls
     #[arg(long, value_name = "DUR", default_value = "100us")]
     idle_poll: Dur,
 
@@ -82,11 +89,18 @@ fn main() -> anyhow::Result<()> {
                 args.verbatim,
                 args.idle_poll.0,
             )?),
+            Engine::Uring => threads.push(uring_engine::start(
+                Some(cpu),
+                socket.into(),
+                args.verbatim,
+                args.idle_poll.0,
+            )?),
         }
     }
     let engine = match args.engine {
         Engine::Epoll => "epoll",
         Engine::Glommio => "glommio",
+        Engine::Uring => "uring",
     };
     println!(
         "peer-echo listening on {bound} with {} cores (cpus {cpus:?}), engine {engine}{}",
@@ -98,8 +112,8 @@ fn main() -> anyhow::Result<()> {
     }
     for thread in threads {
         match thread.join() {
-            Ok(result) => result.context("an epoll thread stopped")?,
-            Err(_) => anyhow::bail!("an epoll thread panicked"),
+            Ok(result) => result.with_context(|| format!("an {engine} thread stopped"))?,
+            Err(_) => anyhow::bail!("an {engine} thread panicked"),
         }
     }
     Ok(())
