@@ -147,6 +147,9 @@ pub struct Segment {
     /// The largest CAS unique of an item written here (flush_all kills items up to one).
     pub max_cas: u64,
     pub state: State,
+    /// Items here that were read since they were written or moved here (whose read counter
+    /// went up from 0), counted up only: what a victim's choice compares.
+    pub read_items: u32,
     /// Bumped each time the segment is emptied, so a cursor into it can tell it was reused.
     pub generation: u32,
     /// Neighbours in the segment's queue.
@@ -188,6 +191,7 @@ impl Segment {
             min_expiry: u64::MAX,
             max_cas: 0,
             state: State::Free,
+            read_items: 0,
             generation: 0,
             prev: NIL,
             next: NIL,
@@ -207,6 +211,7 @@ impl Segment {
         self.min_expiry = u64::MAX;
         self.max_cas = 0;
         self.state = State::Free;
+        self.read_items = 0;
         self.generation = self.generation.wrapping_add(1);
         self.prev = NIL;
         self.next = NIL;
@@ -324,6 +329,7 @@ impl Segment {
     /// since its items change places.
     pub fn begin_compaction(&mut self) {
         self.write_at = 0;
+        self.read_items = 0;
         self.expires_by = 0;
         self.min_expiry = u64::MAX;
         self.max_cas = 0;
