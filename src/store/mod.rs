@@ -547,7 +547,8 @@ impl Store {
         let freq = (hit.entry.freq() + 1).min(3);
         self.index.set(hit.pos, hit.entry.with_freq(freq));
         let seg = &mut self.segs[hit.entry.seg() as usize];
-        seg.read_items += u32::from(hit.entry.freq() == 0);
+        // Counted as the read counter counts: up to its cap.
+        seg.read_items += u32::from(hit.entry.freq() < 3);
         seg.touch(hit.entry.offset(), &hit.header, now_s);
     }
 

@@ -147,8 +147,9 @@ pub struct Segment {
     /// The largest CAS unique of an item written here (flush_all kills items up to one).
     pub max_cas: u64,
     pub state: State,
-    /// Items here that were read since they were written or moved here (whose read counter
-    /// went up from 0), counted up only: what a victim's choice compares.
+    /// Reads of items here since they were written or moved here, as far as they raised the
+    /// item's read counter (so at most three an item), plus one for each item moved here with
+    /// reads left; counted up only. A victim's choice compares it per live item.
     pub read_items: u32,
     /// Bumped each time the segment is emptied, so a cursor into it can tell it was reused.
     pub generation: u32,
