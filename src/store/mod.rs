@@ -14,7 +14,9 @@
 //! therefore leave through the small queue without pushing out what is read again. A new item
 //! much smaller than the mean starts with read credit, so small items stay longer (hits per
 //! byte). Items a victim moves on that overflow the main queue's open segment are packed into
-//! the victim itself, so no segment is held empty for moves.
+//! the victim itself, so no segment is held empty for moves. A main-queue segment whose items
+//! are read far less than the small queue's oldest goes before it, so a main queue of items no
+//! longer read (a fill's, an old workload's) gives way to the new ones.
 //!
 //! Expiry is lazy on access, plus [`Store::sweep`], which the core runs every tick: it marks
 //! each segment whose items have all expired (or been flushed) dead at once, and removes their
