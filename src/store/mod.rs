@@ -1578,6 +1578,32 @@ mod tests {
         );
     }
 
+    /// A segment's read share counts the reads of a small item that started with read credit
+    /// (up to the counter's cap), so a small queue of small items being read does not look
+    /// unread next to the main queue.
+    #[test]
+    fn reads_of_items_with_credit_count_in_their_segment() {
+        let mut s = Store::new(16 * MIB);
+        for i in 0..100 {
+            set(&mut s, format!("large:{i}").as_bytes(), &[1u8; 3000], 0, 0).unwrap();
+        }
+        let key = b"small";
+        set(&mut s, key, &[2u8; 64], 0, 0).unwrap();
+        let hit = s.find((s.hasher)(key), key).unwrap();
+        assert_eq!(
+            hit.entry.freq(),
+            2,
+            "a 64-byte item among 3 KB ones has two reads of credit"
+        );
+        let seg = hit.entry.seg() as usize;
+        assert_eq!(s.segs[seg].read_items, 0);
+        get(&mut s, key, 0).unwrap();
+        assert_eq!(s.segs[seg].read_items, 1);
+        // At the counter's cap a read counts no more.
+        get(&mut s, key, 0).unwrap();
+        assert_eq!(s.segs[seg].read_items, 1);
+    }
+
     /// Hits per byte: items written once and never read, half of them small and half large,
     /// many times the budget. The small ones start with read credit, so more of them stay.
     #[test]
