@@ -14,7 +14,9 @@
 //! therefore leave through the small queue without pushing out what is read again. A new item
 //! much smaller than the mean starts with read credit, so small items stay longer (hits per
 //! byte). Items a victim moves on that overflow the main queue's open segment are packed into
-//! the victim itself, so no segment is held empty for moves.
+//! the victim itself, so no segment is held empty for moves. A main-queue segment whose items
+//! are read far less than the small queue's oldest goes before it, so a main queue of items no
+//! longer read (a fill's, an old workload's) gives way to the new ones.
 //!
 //! Expiry is lazy on access, plus [`Store::sweep`], which the core runs every tick: it marks
 //! each segment whose items have all expired (or been flushed) dead at once, and removes their
@@ -58,6 +60,9 @@ const GHOSTS_PER_SEGMENT: usize = 2048;
 /// Victims one allocation may go through before it stops moving items on (bounds its work;
 /// each move spends a read, so the work is constant per read on average).
 const EVICTION_ROUNDS: usize = 16;
+/// The main queue's oldest segment is evicted before the small queue's when its share of read
+/// items is under the small one's divided by this (`Store::victim`).
+const MAIN_READ_SHARE: u64 = 2;
 /// Groups of TTLs whose items get segments of their own, so a segment's items expire close
 /// together (Segcache's TTL buckets): no TTL, then TTLs below 1 s, 2 s, 4 s, ... 2^13 s, and
 /// longer.
@@ -543,7 +548,10 @@ impl Store {
     fn read_mark(&mut self, hit: &Hit, now_s: u32) {
         let freq = (hit.entry.freq() + 1).min(3);
         self.index.set(hit.pos, hit.entry.with_freq(freq));
-        self.segs[hit.entry.seg() as usize].touch(hit.entry.offset(), &hit.header, now_s);
+        let seg = &mut self.segs[hit.entry.seg() as usize];
+        // Counted as the read counter counts: up to its cap.
+        seg.read_items += u32::from(hit.entry.freq() < 3);
+        seg.touch(hit.entry.offset(), &hit.header, now_s);
     }
 
     /// The item for `key` if it exists and has not expired or been flushed (a dead one is
@@ -858,10 +866,26 @@ impl Store {
     }
 
     /// S3-FIFO's choice: the small queue's oldest segment while it holds at least a tenth of
-    /// the segments (or main is empty), else the main queue's oldest.
+    /// the segments (or main is empty), else the main queue's oldest. But when the main queue's
+    /// oldest segment has under `1 / MAIN_READ_SHARE` of the share of read items the small
+    /// queue's oldest has, the main one goes first: it holds what stopped being read (after a
+    /// change of workload, or the items of a fill), and the small queue's items would be
+    /// evicted before they had the chance to be read that it had.
     fn victim(&mut self) -> Option<u32> {
         let [small, main] = self.queues;
-        let take_small = small.len > 0 && (small.len * 10 >= self.max_segs || main.len == 0);
+        let mut take_small = small.len > 0 && (small.len * 10 >= self.max_segs || main.len == 0);
+        if take_small && main.len > 0 {
+            let (s, m) = (
+                &self.segs[small.head as usize],
+                &self.segs[main.head as usize],
+            );
+            // m.read_items / m.live_items < s.read_items / s.live_items / MAIN_READ_SHARE
+            if u64::from(m.read_items) * u64::from(s.live_items.max(1)) * MAIN_READ_SHARE
+                < u64::from(s.read_items) * u64::from(m.live_items.max(1))
+            {
+                take_small = false;
+            }
+        }
         let s = if take_small { small.head } else { main.head };
         if s == NIL {
             return None;
@@ -929,8 +953,9 @@ impl Store {
                     src.kill(at, h);
                     to
                 };
-                self.index
-                    .set(pos, entry.moved(dest, to).with_freq(entry.freq() - 1));
+                let freq = entry.freq() - 1;
+                self.segs[dest as usize].read_items += u32::from(freq > 0);
+                self.index.set(pos, entry.moved(dest, to).with_freq(freq));
                 return;
             }
         }
@@ -1514,6 +1539,69 @@ mod tests {
                 && st.bytes_reserved > (budget - budget / SEGMENT_SIZE) as u64,
             "{st:?}"
         );
+    }
+
+    /// A main queue full of items no longer read (here a first key set, each read once, moved
+    /// to the main queue with no read left) gives way to a new key set being read: its oldest
+    /// segment is evicted before the small queue's, whose items are half read, so the unread
+    /// half of the new keys stays in the small queue a while longer instead of going first.
+    #[test]
+    fn a_main_queue_no_longer_read_goes_before_a_small_queue_being_read() {
+        let mut s = Store::new(16 * MIB);
+        let value = [5u8; 1000];
+        let old = 14_000u32; // about 13 segments of 15
+        for i in 0..old {
+            let k = format!("old:{i}");
+            set(&mut s, k.as_bytes(), &value, 0, 0).unwrap();
+            assert!(get(&mut s, k.as_bytes(), 0).is_some());
+        }
+        // The new keys: every other one read right after it is written.
+        let new = 4_000u32;
+        for i in 0..new {
+            let k = format!("new:{i}");
+            set(&mut s, k.as_bytes(), &value, 0, 0).unwrap();
+            if i % 2 == 0 {
+                assert!(get(&mut s, k.as_bytes(), 0).is_some());
+            }
+        }
+        check_counts(&s);
+        let unread_kept = (0..new)
+            .filter(|i| i % 2 == 1)
+            .filter(|i| get(&mut s, format!("new:{i}").as_bytes(), 0).is_some())
+            .count();
+        // Without the rule the small queue evicts its oldest two segments of new keys, the
+        // unread half of about 2,000 of them; with it, main's stale ones go first.
+        assert!(
+            unread_kept as u32 > new / 2 * 9 / 10,
+            "{unread_kept} of {} unread new keys kept",
+            new / 2
+        );
+    }
+
+    /// A segment's read share counts the reads of a small item that started with read credit
+    /// (up to the counter's cap), so a small queue of small items being read does not look
+    /// unread next to the main queue.
+    #[test]
+    fn reads_of_items_with_credit_count_in_their_segment() {
+        let mut s = Store::new(16 * MIB);
+        for i in 0..100 {
+            set(&mut s, format!("large:{i}").as_bytes(), &[1u8; 3000], 0, 0).unwrap();
+        }
+        let key = b"small";
+        set(&mut s, key, &[2u8; 64], 0, 0).unwrap();
+        let hit = s.find((s.hasher)(key), key).unwrap();
+        assert_eq!(
+            hit.entry.freq(),
+            2,
+            "a 64-byte item among 3 KB ones has two reads of credit"
+        );
+        let seg = hit.entry.seg() as usize;
+        assert_eq!(s.segs[seg].read_items, 0);
+        get(&mut s, key, 0).unwrap();
+        assert_eq!(s.segs[seg].read_items, 1);
+        // At the counter's cap a read counts no more.
+        get(&mut s, key, 0).unwrap();
+        assert_eq!(s.segs[seg].read_items, 1);
     }
 
     /// Hits per byte: items written once and never read, half of them small and half large,

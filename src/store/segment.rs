@@ -147,6 +147,10 @@ pub struct Segment {
     /// The largest CAS unique of an item written here (flush_all kills items up to one).
     pub max_cas: u64,
     pub state: State,
+    /// Reads of items here since they were written or moved here, as far as they raised the
+    /// item's read counter (so at most three an item), plus one for each item moved here with
+    /// reads left; counted up only. A victim's choice compares it per live item.
+    pub read_items: u32,
     /// Bumped each time the segment is emptied, so a cursor into it can tell it was reused.
     pub generation: u32,
     /// Neighbours in the segment's queue.
@@ -188,6 +192,7 @@ impl Segment {
             min_expiry: u64::MAX,
             max_cas: 0,
             state: State::Free,
+            read_items: 0,
             generation: 0,
             prev: NIL,
             next: NIL,
@@ -207,6 +212,7 @@ impl Segment {
         self.min_expiry = u64::MAX;
         self.max_cas = 0;
         self.state = State::Free;
+        self.read_items = 0;
         self.generation = self.generation.wrapping_add(1);
         self.prev = NIL;
         self.next = NIL;
@@ -324,6 +330,7 @@ impl Segment {
     /// since its items change places.
     pub fn begin_compaction(&mut self) {
         self.write_at = 0;
+        self.read_items = 0;
         self.expires_by = 0;
         self.min_expiry = u64::MAX;
         self.max_cas = 0;
