@@ -125,3 +125,51 @@ pub fn a_client_that_reads_late_is_pushed_back(addr: SocketAddr) {
     sent.join().unwrap().unwrap();
     assert_replies(&got, &want, &sizes, "");
 }
+
+/// The tests of one engine: `$serve(verbatim, idle_poll)` starts it on an ephemeral port and
+/// returns the address. Each engine's test module calls this once, so both run every check
+/// above under the same names.
+macro_rules! engine_suite {
+    ($serve:expr) => {
+        use std::time::Duration;
+
+        use $crate::engine_tests;
+
+        #[test]
+        fn pipelined_pings_of_any_size_come_back_as_their_replies() {
+            engine_tests::pipelined_pings_of_any_size_come_back($serve(
+                false,
+                Duration::from_micros(100),
+            ));
+        }
+
+        #[test]
+        fn pings_come_back_when_the_engine_sleeps_between_events() {
+            engine_tests::pipelined_pings_of_any_size_come_back($serve(false, Duration::ZERO));
+        }
+
+        #[test]
+        fn a_stream_that_is_not_frames_is_closed() {
+            engine_tests::a_stream_that_is_not_frames_is_closed($serve(false, Duration::ZERO));
+        }
+
+        #[test]
+        fn verbatim_frames_come_back_unchanged() {
+            engine_tests::verbatim_frames_come_back_unchanged($serve(true, Duration::ZERO));
+        }
+
+        #[test]
+        fn clients_that_leave_mid_stream_do_not_stop_the_others() {
+            engine_tests::clients_that_leave_mid_stream_do_not_stop_the_others($serve(
+                false,
+                Duration::ZERO,
+            ));
+        }
+
+        #[test]
+        fn a_client_that_reads_late_is_pushed_back() {
+            engine_tests::a_client_that_reads_late_is_pushed_back($serve(false, Duration::ZERO));
+        }
+    };
+}
+pub(crate) use engine_suite;

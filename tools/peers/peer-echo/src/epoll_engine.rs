@@ -258,7 +258,6 @@ fn flush(conn: &mut Echo, epoll: &Epoll, fd: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine_tests;
 
     fn serve_on_port(verbatim: bool, idle_poll: Duration) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -267,39 +266,5 @@ mod tests {
         addr
     }
 
-    #[test]
-    fn pipelined_pings_of_any_size_come_back_as_their_replies() {
-        engine_tests::pipelined_pings_of_any_size_come_back(serve_on_port(
-            false,
-            Duration::from_micros(100),
-        ));
-    }
-
-    #[test]
-    fn pings_come_back_when_the_engine_sleeps_between_events() {
-        engine_tests::pipelined_pings_of_any_size_come_back(serve_on_port(false, Duration::ZERO));
-    }
-
-    #[test]
-    fn a_stream_that_is_not_frames_is_closed() {
-        engine_tests::a_stream_that_is_not_frames_is_closed(serve_on_port(false, Duration::ZERO));
-    }
-
-    #[test]
-    fn verbatim_frames_come_back_unchanged() {
-        engine_tests::verbatim_frames_come_back_unchanged(serve_on_port(true, Duration::ZERO));
-    }
-
-    #[test]
-    fn clients_that_leave_mid_stream_do_not_stop_the_others() {
-        engine_tests::clients_that_leave_mid_stream_do_not_stop_the_others(serve_on_port(
-            false,
-            Duration::ZERO,
-        ));
-    }
-
-    #[test]
-    fn a_client_that_reads_late_is_pushed_back() {
-        engine_tests::a_client_that_reads_late_is_pushed_back(serve_on_port(false, Duration::ZERO));
-    }
+    crate::engine_tests::engine_suite!(serve_on_port);
 }
