@@ -23,8 +23,8 @@ pub struct Batch {
     /// The store's clock for the requests routed now: read when routing starts, and again
     /// after any wait, so a TTL counts from when a request runs, not from when it was read.
     now: Instant,
-    /// `now` as the store's milliseconds, worked out once per batch (about 80 instructions, 4%
-    /// of a pipelined set, when it was done per request).
+    /// `now` as the store's milliseconds, worked out once per batch: per request it would cost
+    /// about 80 instructions, 4% of a pipelined set.
     now_ms: Option<u64>,
     pub answered: [u64; OpKind::COUNT],
     /// Unix time, read once per batch when a command needs it (memcached's absolute exptimes).
