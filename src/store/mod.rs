@@ -89,8 +89,8 @@ pub struct StoreStats {
     pub items: u64,
     /// Items ever stored (memcached's `total_items`).
     pub items_stored: u64,
-    /// Chunk bytes of the items (header, key, value and the chunk's slack) plus their index
-    /// entries.
+    /// Bytes of the live items in their segments (header, key and value) plus
+    /// `INDEX_ENTRY` per item for its index entry.
     pub bytes_used: u64,
     /// Bytes of segments allocated, at most the budget.
     pub bytes_reserved: u64,
