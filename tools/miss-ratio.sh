@@ -20,7 +20,8 @@
 # overhead. Each server runs on SERVER_CPU, percore-load on LOAD_CPU (taskset).
 #
 # Steady state: per cell and server, a fresh server is first filled with uniformly drawn keys
-# (2 s runs until it reports evictions, so the memory is full), then sent WARMUP x F of the
+# (runs of F / 2 gets until it reports evictions, so the memory is full: counts, like the other
+# windows, so the fill's length does not depend on the machine's speed), then sent WARMUP x F of the
 # cell's gets, then measured over MEASURE x F gets (F: the items that fit, as above; the scan
 # cell measures MEASURE + 2 x F, the pass and one memory's worth before it included): miss
 # ratio = 1 - percore-load's hit_ratio over the measured gets. Windows are counts of gets, not
@@ -57,7 +58,7 @@ CELLS=${CELLS:-z0.9-fixed,z0.9-mixed,z0.99-fixed,z0.99-mixed,z1.2-fixed,z1.2-mix
 OUT_DIR=${OUT_DIR:-target/miss-ratio}
 KEY_SIZE=16
 PER_ITEM_OVERHEAD=50
-PRIME_MAX_RUNS=15
+PRIME_MAX_RUNS=40
 
 fail() { echo "miss-ratio: $*" >&2; exit 2; }
 need() { command -v "$1" >/dev/null 2>&1 || fail "$1 is needed${2:+ ($2)}"; }
@@ -198,11 +199,12 @@ cell() {
     start_server "$server" "$mib"
     local primed=0 seed=100
     for _ in $(seq "$PRIME_MAX_RUNS"); do
-      load "$seed" "$work/prime.json" --keys "$keys" --value-size "$size" --key-dist uniform --duration 2s
+      load "$seed" "$work/prime.json" --keys "$keys" --value-size "$size" --key-dist uniform \
+        --requests $((fits / 2))
       seed=$((seed + 1))
       if [ "$(text_stats "$server_addr" evictions)" != 0 ]; then primed=1; break; fi
     done
-    [ "$primed" = 1 ] || fail "$server did not fill $mib MiB in $PRIME_MAX_RUNS runs of 2 s"
+    [ "$primed" = 1 ] || fail "$server did not fill $mib MiB in $PRIME_MAX_RUNS runs of $((fits / 2)) gets"
     load 2 "$work/warmup.json" --keys "$keys" --value-size "$size" --key-dist "$dist" \
       --requests $((WARMUP * fits))
     local json="$OUT_DIR/$name.$server.json"
