@@ -34,6 +34,10 @@ RECORD=${RECORD:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 OUT_DIR=${OUT_DIR:-target/profile-servers}
 command -v perf >/dev/null || { echo "profile-servers: perf is needed" >&2; exit 1; }
+for scenario in $SCENARIOS; do
+  [[ $scenario =~ ^((ping|get)-p[1-9][0-9]*|flood|flood\+gets)$ ]] ||
+    { echo "profile-servers: unknown scenario $scenario (ping-pN, get-pN, flood, flood+gets)" >&2; exit 2; }
+done
 cargo build --release --workspace --quiet
 bin=target/release
 mkdir -p "$OUT_DIR"
@@ -56,9 +60,7 @@ gets=(--workload get --rate 20000 --pipeline 16 --keys 100000 --value-size 100 -
 
 for scenario in $SCENARIOS; do
   case $scenario in
-    flood | flood+gets) ;;
     ping-p* | get-p*) workload=${scenario%-p*} pipeline=${scenario##*-p} ;;
-    *) echo "profile-servers: unknown scenario $scenario" >&2; exit 2 ;;
   esac
   for server in $SERVERS; do
     port=$(free_port)
