@@ -26,6 +26,8 @@ const SEG_SHIFT: u32 = 23;
 const OFFSET_BITS: u32 = 21;
 const OFFSET_SHIFT: u32 = 2;
 const FREQ_MASK: u64 = 3;
+/// The read counter's cap: it counts reads up to this many.
+pub const MAX_FREQ: u8 = FREQ_MASK as u8;
 
 /// Segments an entry can name.
 pub const MAX_SEGMENTS: usize = 1 << SEG_BITS;

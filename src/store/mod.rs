@@ -30,7 +30,7 @@ pub mod segment;
 use crate::error::RequestError;
 use crate::protocol::shard::key_hash;
 use crate::protocol::{MAX_KEY_LEN, MAX_VALUE_LEN};
-use index::{Entry, Index, Pos, MAX_SEGMENTS};
+use index::{Entry, Index, Pos, MAX_FREQ, MAX_SEGMENTS};
 use segment::{item_len, Header, Meta, Queue, Segment, State, NIL, SEGMENT_SIZE};
 
 /// Bytes of index per item, counted in `bytes_used` with the item.
@@ -546,11 +546,14 @@ impl Store {
     /// A read (or memcached's add or touch of a live key): bumps the item's read counter and
     /// marks it fetched.
     fn read_mark(&mut self, hit: &Hit, now_s: u32) {
-        let freq = (hit.entry.freq() + 1).min(3);
-        self.index.set(hit.pos, hit.entry.with_freq(freq));
+        let raised = hit.entry.freq() < MAX_FREQ;
+        if raised {
+            self.index
+                .set(hit.pos, hit.entry.with_freq(hit.entry.freq() + 1));
+        }
         let seg = &mut self.segs[hit.entry.seg() as usize];
         // Counted as the read counter counts: up to its cap.
-        seg.read_items += u32::from(hit.entry.freq() < 3);
+        seg.read_items += u32::from(raised);
         seg.touch(hit.entry.offset(), &hit.header, now_s);
     }
 
