@@ -141,6 +141,9 @@ import sys
 import time
 from datetime import datetime, timezone
 
+sys.path.insert(0, "tools/lib")
+from bench import TICK, behind_schedule, cpu_times, free_port, seconds  # noqa: E402
+
 env = os.environ
 
 
@@ -177,7 +180,6 @@ CAPS_FILE = env["CAPS_FILE"]
 BASELINE = env.get("BASELINE_PERCORE", "")
 # Where `cargo build --release` put the binaries.
 BIN = os.path.join(env.get("CARGO_TARGET_DIR") or "target", "release")
-TICK = os.sysconf("SC_CLK_TCK")
 LIB = "tools/lib/server.sh"
 # A generator over this share of its CPU may be what sets the pace, not the server.
 GENERATOR_LIMIT = 0.9
@@ -312,12 +314,6 @@ def remove_group(cap):
 LOAD_GROUP = ""
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_command(name, ports):
     addr = f"127.0.0.1:{ports[0]}"
     if name == "memcached":
@@ -414,19 +410,6 @@ class Target:
         self.port = server.ports[1] if uses_text else server.ports[0]
 
 
-def cpu_times():
-    """Per watched CPU: (busy, steal) in seconds. busy is user+nice+system: interrupt time is
-    left out because with IRQ time accounting it is charged to no process, ours included."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *vals = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in WATCHED_CPUS:
-                v = [int(x) / TICK for x in vals]
-                out[int(name[3:])] = (v[0] + v[1] + v[2], v[7] if len(v) > 7 else 0.0)
-    return out
-
-
 def load_command(target, extra, json_path, rate=None, connections=CONNECTIONS):
     cmd = joined(LOAD_GROUP, ["taskset", "-c", LOAD_CPUS]) + [f"{BIN}/percore-load",
            "--target", f"127.0.0.1:{target.port}", "--cores", "1",
@@ -436,13 +419,6 @@ def load_command(target, extra, json_path, rate=None, connections=CONNECTIONS):
     if rate is not None:
         cmd += ["--rate", str(int(rate))]
     return cmd + extra
-
-
-def seconds(dur):
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", dur)
-    if not m:
-        raise SystemExit(f"bench-peers: cannot read the duration {dur!r} (e.g. 3s, 500ms)")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(2)]
 
 
 def memcaslap_command(target, extra):
@@ -459,7 +435,7 @@ def measure(server, jobs, tag):
     for _name, _args, json_path in jobs:
         if json_path and os.path.exists(json_path):
             os.remove(json_path)
-    stat0, srv0, t0 = cpu_times(), server.cpu_seconds(), time.monotonic()
+    stat0, srv0, t0 = cpu_times(WATCHED_CPUS), server.cpu_seconds(), time.monotonic()
     throttled0 = server.throttled_seconds()
     procs = {}
     with open(out_path, "a") as out:
@@ -488,7 +464,7 @@ def measure(server, jobs, tag):
             r.update({"exit": p.returncode, "load_cpu_s": usage.ru_utime + usage.ru_stime})
             results[name] = r
     wall = time.monotonic() - t0
-    stat1, srv1 = cpu_times(), server.cpu_seconds()
+    stat1, srv1 = cpu_times(WATCHED_CPUS), server.cpu_seconds()
     throttled1 = server.throttled_seconds()
     def busy(cpus):
         return sum(stat1[c][0] - stat0[c][0] for c in cpus)
@@ -723,8 +699,7 @@ def behind(cell):
     have sent were never sent, so the rate was more than this server and generator sustain
     and its latencies are queueing, not service."""
     runs, _ = usable(cell)
-    return any(r.get("mode") == "open" and r.get("unsent", 0) > 0.01 * max(1, r.get("ops", 0))
-               for r in runs)
+    return any(r.get("mode") == "open" and behind_schedule(r) for r in runs)
 
 
 def generator_bound(cell):

@@ -68,6 +68,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, "tools/lib")
+from bench import TICK, behind_schedule, cpu_times, free_port, seconds  # noqa: E402
+
 BIN, OUT = os.environ["BIN"], os.environ["OUT_DIR"]
 SERVERS = [s for s in os.environ["SERVERS"].split(",") if s]
 RUNS, RATE = int(os.environ["RUNS"]), int(os.environ["RATE"])
@@ -75,16 +78,8 @@ DURATION = os.environ["DURATION"]
 SERVER_CPU, LOAD_CPU = os.environ["SERVER_CPU"], os.environ["LOAD_CPU"]
 KEYS = "10000"
 NICE = int(os.environ["NICE"])
-TICK = os.sysconf("SC_CLK_TCK")
 # A TERM stops the server of the round in progress too (its `finally`).
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-
-
-def seconds(text):
-    for unit, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * scale
-    return float(text)
 
 
 def binary(name):
@@ -93,22 +88,10 @@ def binary(name):
     return os.path.join(BIN, "peer-echo" if name == "floor" else name)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_busy():
     """(user+nice+system, steal) seconds of the two CPUs."""
-    busy = steal = 0.0
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *vals = line.split()
-            if name in (f"cpu{SERVER_CPU}", f"cpu{LOAD_CPU}"):
-                busy += sum(int(v) for v in vals[:3]) / TICK
-                steal += int(vals[7]) / TICK if len(vals) > 7 else 0.0
-    return busy, steal
+    times = cpu_times({int(SERVER_CPU), int(LOAD_CPU)}).values()
+    return sum(b for b, _ in times), sum(s for _, s in times)
 
 
 def proc_cpu(pid):
@@ -188,7 +171,7 @@ def get_figures(r, op="get"):
     # Requests the schedule asked for but never sent (their connection was still waiting for
     # the server) have no latency to record; over 1% of them, the run's percentiles describe
     # only the lucky rest, so the run counts as unbounded.
-    if r["unsent"] > 0.01 * (r["requests_sent"] + r["unsent"]):
+    if behind_schedule(r):
         figures.update({q: float("inf") for q in ("p50", "p99", "p999", "service_p99")})
     return figures
 
