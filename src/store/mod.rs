@@ -63,6 +63,9 @@ const EVICTION_ROUNDS: usize = 16;
 /// The main queue's oldest segment is evicted before the small queue's when its share of read
 /// items is under the small one's divided by this (`Store::victim`).
 const MAIN_READ_SHARE: u64 = 2;
+/// The fewest live items a small-queue segment must hold for "none of them was read" to say
+/// that it holds a scan's items (`Store::scan_victim`).
+const SCAN_MIN_ITEMS: u32 = 64;
 /// Groups of TTLs whose items get segments of their own, so a segment's items expire close
 /// together (Segcache's TTL buckets): no TTL, then TTLs below 1 s, 2 s, 4 s, ... 2^13 s, and
 /// longer.
@@ -307,6 +310,9 @@ pub struct Store {
     item_cursor: (usize, u32, u32),
     /// The hash the index is keyed by; callers pass `hasher(key)` with every key.
     hasher: fn(&[u8]) -> u64,
+    /// Segments `scan_victim` took before the small queue's oldest since a new segment was
+    /// last read: at most the store's segments in a row.
+    scan_skips: usize,
     items: u64,
     used: usize,
     stats: StoreStats,
@@ -405,6 +411,7 @@ impl Store {
             sweep_cursor: 0,
             item_cursor: (0, 0, 0),
             hasher,
+            scan_skips: 0,
             items: 0,
             used: 0,
             stats: StoreStats::default(),
@@ -889,12 +896,43 @@ impl Store {
                 take_small = false;
             }
         }
-        let s = if take_small { small.head } else { main.head };
+        let s = match take_small {
+            true => self.scan_victim().unwrap_or(small.head),
+            false => main.head,
+        };
         if s == NIL {
             return None;
         }
         self.unlink(s);
         Some(s)
+    }
+
+    /// The small queue's second newest segment, when it should go before the oldest: when
+    /// none of the items in the two newest was read while they filled, and some in the oldest
+    /// were. A run of writes nobody reads (a scan's misses, a bulk load) then passes through
+    /// the newest segments and leaves the small queue's older items, which are being read,
+    /// their time to be read, where FIFO order would have pushed all of them out. At most as
+    /// many segments in a row as the store has (a memory's worth of unread writes) go this
+    /// way, until a new segment is read again: a longer run of writes is a new workload, and
+    /// the oldest items give way to it as usual.
+    fn scan_victim(&mut self) -> Option<u32> {
+        let small = self.queues[Queue::Small as usize];
+        if small.len < 3 {
+            return None;
+        }
+        let (newest, second) = (small.tail, self.segs[small.tail as usize].prev);
+        let unread = |seg: &Segment| seg.read_items == 0 && seg.live_items >= SCAN_MIN_ITEMS;
+        let (n, s) = (&self.segs[newest as usize], &self.segs[second as usize]);
+        if n.read_items > 0 || s.read_items > 0 {
+            self.scan_skips = 0;
+            return None;
+        }
+        let take = unread(n)
+            && unread(s)
+            && self.segs[small.head as usize].read_items > 0
+            && self.scan_skips < self.max_segs;
+        self.scan_skips += usize::from(take);
+        take.then_some(second)
     }
 
     /// Empties segment `v`: items read since they last moved go on to the main queue (when
@@ -1446,30 +1484,84 @@ mod tests {
         }
     }
 
-    /// S3-FIFO's point: a one-time pass over cold keys larger than the cache goes through the
-    /// small queue and leaves the keys that are read again.
+    /// S3-FIFO's point: a one-time pass over as many cold keys as the whole cache holds goes
+    /// through the small queue and leaves the keys that were read, however often they were.
     #[test]
     fn a_scan_does_not_push_out_the_items_read_again() {
-        let mut s = Store::new(32 * MIB);
-        let value = [3u8; 400];
-        let hot = 20_000u32; // about 9 MiB
-        for round in 0..3 {
-            for i in 0..hot {
-                let k = format!("hot:{i}");
-                if get(&mut s, k.as_bytes(), 0).is_none() {
-                    set(&mut s, k.as_bytes(), &value, 0, 0).unwrap();
+        for reads in 1..=3 {
+            let mut s = Store::new(32 * MIB);
+            let value = [3u8; 400];
+            let hot = 20_000u32; // about 9 MiB
+            for round in 0..=reads {
+                for i in 0..hot {
+                    let k = format!("hot:{i}");
+                    if get(&mut s, k.as_bytes(), 0).is_none() {
+                        set(&mut s, k.as_bytes(), &value, 0, 0).unwrap();
+                    }
                 }
+                assert!(round == 0 || s.stats().evictions == 0);
             }
-            assert!(round == 0 || s.stats().evictions == 0);
+            // The scan: keys written once and never read, as many as 32 MiB holds (about
+            // 75,000).
+            for i in 0..80_000u32 {
+                set(&mut s, format!("cold:{i}").as_bytes(), &value, 0, 0).unwrap();
+            }
+            assert!(s.stats().evictions > 0);
+            let kept = (0..hot)
+                .filter(|i| get(&mut s, format!("hot:{i}").as_bytes(), 0).is_some())
+                .count();
+            assert!(
+                kept as u32 > hot * 99 / 100,
+                "read {reads} times: {kept} of {hot} hot keys kept"
+            );
         }
-        // The scan: four times the budget of keys read once.
-        for i in 0..300_000u32 {
+    }
+
+    /// Writes `recent` keys of 1,000-byte values, reading every fourth right after it is
+    /// written, then `cold` keys nobody reads. Returns how many of the unread recent keys
+    /// are still there, and how many of the last 5,000 cold keys.
+    fn unread_recent_kept_after_cold_writes(recent: u32, cold: u32) -> (u32, u32) {
+        let mut s = Store::new(16 * MIB); // 15 segments of about 1,070 such items
+        let value = [9u8; 1000];
+        for i in 0..recent {
+            let k = format!("recent:{i}");
+            set(&mut s, k.as_bytes(), &value, 0, 0).unwrap();
+            if i % 4 == 0 {
+                assert!(get(&mut s, k.as_bytes(), 0).is_some());
+            }
+        }
+        for i in 0..cold {
             set(&mut s, format!("cold:{i}").as_bytes(), &value, 0, 0).unwrap();
         }
-        let kept = (0..hot)
-            .filter(|i| get(&mut s, format!("hot:{i}").as_bytes(), 0).is_some())
-            .count();
-        assert!(kept as u32 > hot * 9 / 10, "{kept} of {hot} hot keys kept");
+        check_counts(&s);
+        let present = |s: &mut Store, k: String| u32::from(get(s, k.as_bytes(), 0).is_some());
+        let recent_kept = (0..recent)
+            .filter(|i| i % 4 != 0)
+            .map(|i| present(&mut s, format!("recent:{i}")))
+            .sum();
+        let cold_kept = (cold.saturating_sub(5_000)..cold)
+            .map(|i| present(&mut s, format!("cold:{i}")))
+            .sum();
+        (recent_kept, cold_kept)
+    }
+
+    /// A scan's misses written into a full store leave the small queue's unread items, which
+    /// FIFO order would all have pushed out (the read ones would have moved on): the scan's
+    /// own segments go first, once two in a row were not read.
+    #[test]
+    fn a_scan_leaves_the_small_queues_unread_items_their_time() {
+        // 8 segments of recent items, then 11 of cold ones: 4 more than fit.
+        let (recent_kept, _) = unread_recent_kept_after_cold_writes(8_000, 12_000);
+        assert!(recent_kept >= 6_000 * 9 / 10, "{recent_kept} of 6,000 kept");
+    }
+
+    /// ... but a run of unread writes longer than the store is the new workload: past a
+    /// memory's worth, the oldest items go as usual and the newest stay.
+    #[test]
+    fn a_long_run_of_unread_writes_displaces_the_old_items() {
+        let (recent_kept, cold_kept) = unread_recent_kept_after_cold_writes(8_000, 60_000);
+        assert!(recent_kept < 6_000 / 10, "{recent_kept} of 6,000 kept");
+        assert_eq!(cold_kept, 5_000);
     }
 
     /// Every segment's live counts match its items not marked dead, and they add up to the
