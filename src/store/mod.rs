@@ -16,7 +16,9 @@
 //! byte). Items a victim moves on that overflow the main queue's open segment are packed into
 //! the victim itself, so no segment is held empty for moves. A main-queue segment whose items
 //! are read far less than the small queue's oldest goes before it, so a main queue of items no
-//! longer read (a fill's, an old workload's) gives way to the new ones.
+//! longer read (a fill's, an old workload's) gives way to the new ones. And while the small
+//! queue's newest segments are not read at all and its oldest is, those newest go first, so a
+//! scan's misses pass through without pushing out the small queue's items still being read.
 //!
 //! Expiry is lazy on access, plus [`Store::sweep`], which the core runs every tick: it marks
 //! each segment whose items have all expired (or been flushed) dead at once, and removes their
