@@ -463,12 +463,18 @@ fn a_stopped_server_fills_the_corrected_tail_only() {
         service_p50 < 50_000.0,
         "uncorrected p50 {service_p50} us: {json}"
     );
-    // The schedule was kept: every request was sent and counted once, but for at most one per
-    // connection whose intended time fell in the run's last instant (see the fixed-rate test).
+    // The schedule was kept: each of the 4,000 requests was either sent and answered or counted
+    // unsent, and the second the server was stopped (1,000 requests due) was sent once it
+    // resumed. Unsent ones are those due in the run's last moments: one per connection when the
+    // generator is on time, about one per millisecond it was descheduled at the end (12 in a
+    // CI run with other tests on both CPUs). A generator that dropped what fell due during the
+    // stop would leave hundreds.
     let ops = json["ops"].as_u64().unwrap();
+    let sent = json["requests_sent"].as_u64().unwrap();
     let unsent = json["unsent"].as_u64().unwrap();
-    assert!(unsent <= 8, "{unsent} unsent: {json}");
-    assert!(ops.abs_diff(4000) <= 8, "{ops} ops: {json}");
+    assert_eq!(sent + unsent, 4000, "{json}");
+    assert_eq!(ops, sent, "{json}");
+    assert!(unsent <= 40, "{unsent} unsent: {json}");
     assert!(run.stdout.contains("corrected for coordinated omission"));
     assert!(run
         .stdout
