@@ -465,20 +465,29 @@ fn a_stopped_server_fills_the_corrected_tail_only() {
     );
     // The schedule was kept: each of the 4,000 requests was either sent and answered or counted
     // unsent, and the second the server was stopped (1,000 requests due) was sent once it
-    // resumed. Unsent ones are those due in the run's last moments: one per connection when the
-    // generator is on time, about one per millisecond it was descheduled at the end (12 in a
-    // CI run with other tests on both CPUs). A generator that dropped what fell due during the
-    // stop would leave hundreds.
+    // resumed. A generator that dropped what fell due during the stop would leave hundreds.
     let ops = json["ops"].as_u64().unwrap();
     let sent = json["requests_sent"].as_u64().unwrap();
     let unsent = json["unsent"].as_u64().unwrap();
     assert_eq!(sent + unsent, 4000, "{json}");
     assert_eq!(ops, sent, "{json}");
-    assert!(unsent <= 40, "{unsent} unsent: {json}");
+    assert!(
+        unsent <= unsent_allowance(4000, 8),
+        "{unsent} unsent: {json}"
+    );
     assert!(run.stdout.contains("corrected for coordinated omission"));
     assert!(run
         .stdout
         .contains("service time from actual send (uncorrected)"));
+}
+
+/// How many of an open-loop run's `scheduled` requests may be left unsent at its end: those
+/// due in its last moments. One per connection when the generator is on time; about one per
+/// millisecond at 1,000/s when it was descheduled at the end (12 of 4,000 in a CI run with
+/// other tests on both CPUs). So one per connection or 1% of the run, whichever is more; a
+/// generator that cannot keep up leaves more, and misses the rate the tests also check.
+fn unsent_allowance(scheduled: u64, connections: u64) -> u64 {
+    connections.max(scheduled / 100)
 }
 
 /// The errors of a run other than `allowed`, by kind, that are not zero.
@@ -867,11 +876,9 @@ fn an_unsaturated_fixed_rate_is_achieved() {
             (throughput - rate as f64).abs() <= rate as f64 * 0.02,
             "{rate}/s: {throughput}"
         );
-        // A request whose intended time falls in the run's last instant can meet the deadline
-        // before it is sent (seen once in CI on a loaded machine); more than one per
-        // connection would be a generator that cannot keep up.
         let unsent = json["unsent"].as_u64().unwrap();
-        assert!(unsent <= connections, "{rate}/s: {unsent} unsent");
+        let allowed = unsent_allowance(rate * secs, connections);
+        assert!(unsent <= allowed, "{rate}/s: {unsent} unsent");
         // Unsaturated: the corrected and uncorrected medians agree (nothing queued).
         let p50 = json["latency_us"]["ping"]["p50"].as_f64().unwrap();
         assert!(p50 < 20_000.0, "{rate}/s: p50 {p50} us");
