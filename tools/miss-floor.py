@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The lowest miss ratio any cache could reach in a tools/miss-ratio.sh cell.
+"""Bounds on the lowest miss ratio any cache could reach in a tools/miss-ratio.sh cell.
 
 The script measures a short window: after a fill of uniformly drawn keys (runs of F / 2 until
 the memory is full), a warm-up of WARMUP x F gets, then MEASURE x F measured ones (F: the items
@@ -10,8 +10,9 @@ the same keys as percore-load's) and prints, over the measured gets:
 
   compulsory  the misses of a cache that never evicts
   belady      an offline cache of the cell's memory that knows the future and, when full,
-              evicts the item whose next request is farthest away times its size (Belady's
-              rule weighed by size); every miss is admitted
+              evicts first what is never requested again, then the item whose next request
+              (its position in the stream) times its size is largest: one offline policy, not
+              the best one, so the best possible lies between compulsory and this
   lru         an LRU cache of the same memory, for reference (near memcached's figures)
 
   tools/miss-floor.py z0.99-mixed

@@ -485,7 +485,7 @@ fn a_stopped_server_fills_the_corrected_tail_only() {
 /// due in its last moments. One per connection when the generator is on time; about one per
 /// millisecond at 1,000/s when it was descheduled at the end (12 of 4,000 in a CI run with
 /// other tests on both CPUs). So one per connection or 1% of the run, whichever is more; a
-/// generator that cannot keep up leaves more, and misses the rate the tests also check.
+/// generator that cannot keep up leaves more (and the fixed-rate test also checks the rate).
 fn unsent_allowance(scheduled: u64, connections: u64) -> u64 {
     connections.max(scheduled / 100)
 }
