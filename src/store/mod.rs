@@ -899,9 +899,10 @@ impl Store {
                 take_small = false;
             }
         }
-        let s = match take_small {
-            true => self.scan_victim().unwrap_or(small.head),
-            false => main.head,
+        let s = if take_small {
+            self.scan_victim().unwrap_or(small.head)
+        } else {
+            main.head
         };
         if s == NIL {
             return None;
@@ -924,15 +925,13 @@ impl Store {
         if small.len < 3 {
             return None;
         }
-        let (newest, second) = (small.tail, self.segs[small.tail as usize].prev);
-        let unread = |seg: &Segment| seg.read_items == 0 && seg.live_items >= SCAN_MIN_ITEMS;
-        let (n, s) = (&self.segs[newest as usize], &self.segs[second as usize]);
+        let second = self.segs[small.tail as usize].prev;
+        let (n, s) = (&self.segs[small.tail as usize], &self.segs[second as usize]);
         if n.read_items > 0 || s.read_items > 0 {
             self.scan_skips = 0;
             return None;
         }
-        let take = unread(n)
-            && unread(s)
+        let take = n.live_items.min(s.live_items) >= SCAN_MIN_ITEMS
             && self.segs[small.head as usize].read_items > 0
             && self.scan_skips < self.max_segs;
         self.scan_skips += usize::from(take);
@@ -1511,11 +1510,9 @@ mod tests {
                 set(&mut s, format!("cold:{i}").as_bytes(), &value, 0, 0).unwrap();
             }
             assert!(s.stats().evictions > 0);
-            let kept = (0..hot)
-                .filter(|i| get(&mut s, format!("hot:{i}").as_bytes(), 0).is_some())
-                .count();
+            let kept = present(&mut s, "hot", 0..hot);
             assert!(
-                kept as u32 > hot * 99 / 100,
+                kept > hot * 99 / 100,
                 "read {reads} times: {kept} of {hot} hot keys kept"
             );
         }
@@ -1535,13 +1532,28 @@ mod tests {
         }
     }
 
-    /// How many of the keys `prefix:i`, `i` in `range` and not a multiple of 4 (those
-    /// `write_keys` did not read), are still there.
-    fn unread_kept(s: &mut Store, prefix: &str, range: std::ops::Range<u32>) -> u32 {
-        range
-            .filter(|i| i % 4 != 0)
-            .map(|i| u32::from(get(s, format!("{prefix}:{i}").as_bytes(), 0).is_some()))
+    /// How many of the keys `prefix:i`, `i` in `ids`, are still there.
+    fn present(s: &mut Store, prefix: &str, ids: impl Iterator<Item = u32>) -> u32 {
+        ids.map(|i| u32::from(get(s, format!("{prefix}:{i}").as_bytes(), 0).is_some()))
             .sum()
+    }
+
+    /// A 16 MiB store (15 segments of about 1,030 such items) given 8,000 recent keys, every
+    /// fourth read, then `cold` keys nobody reads; with how many of the 6,000 unread recent
+    /// keys are still there.
+    fn recent_then_cold(cold: u32) -> (Store, u32) {
+        let mut s = Store::new(16 * MIB);
+        write_keys(&mut s, "recent", 8_000, true);
+        write_keys(&mut s, "cold", cold, false);
+        check_counts(&s);
+        let kept = unread_kept(&mut s, "recent");
+        (s, kept)
+    }
+
+    /// How many of the 6,000 keys `write_keys(_, prefix, 8_000, true)` did not read are still
+    /// there.
+    fn unread_kept(s: &mut Store, prefix: &str) -> u32 {
+        present(s, prefix, (0..8_000).filter(|i| i % 4 != 0))
     }
 
     /// A scan's misses written into a full store leave the small queue's unread items, which
@@ -1550,12 +1562,8 @@ mod tests {
     /// not read.
     #[test]
     fn a_scan_leaves_the_small_queues_unread_items_their_time() {
-        // 15 segments of about 1,030 such items: about 8 of recent ones, then 12 of cold ones.
-        let mut s = Store::new(16 * MIB);
-        write_keys(&mut s, "recent", 8_000, true);
-        write_keys(&mut s, "cold", 12_000, false);
-        check_counts(&s);
-        let kept = unread_kept(&mut s, "recent", 0..8_000);
+        // About 8 segments of recent items, then 12 of cold ones.
+        let (_, kept) = recent_then_cold(12_000);
         assert!(kept >= 6_000 * 9 / 10, "{kept} of 6,000 kept");
     }
 
@@ -1564,20 +1572,13 @@ mod tests {
     /// read again, the next scan is let through as before.
     #[test]
     fn a_long_run_of_unread_writes_displaces_the_old_items() {
-        let mut s = Store::new(16 * MIB);
-        write_keys(&mut s, "recent", 8_000, true);
-        write_keys(&mut s, "cold", 60_000, false);
-        check_counts(&s);
-        let kept = unread_kept(&mut s, "recent", 0..8_000);
+        let (mut s, kept) = recent_then_cold(60_000);
         assert!(kept < 6_000 / 10, "{kept} of 6,000 kept");
-        let newest = (55_000..60_000)
-            .filter(|i| get(&mut s, format!("cold:{i}").as_bytes(), 0).is_some())
-            .count();
-        assert_eq!(newest, 5_000);
+        assert_eq!(present(&mut s, "cold", 55_000..60_000), 5_000);
         // Read items again, then another scan: the rule takes its segments again.
         write_keys(&mut s, "again", 8_000, true);
         write_keys(&mut s, "cold2", 12_000, false);
-        let kept = unread_kept(&mut s, "again", 0..8_000);
+        let kept = unread_kept(&mut s, "again");
         assert!(
             kept >= 6_000 * 9 / 10,
             "after the second scan {kept} of 6,000 kept"
